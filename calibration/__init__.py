@@ -1,0 +1,1 @@
+"""Calibration: datasets and threshold fitting for early-exit models."""

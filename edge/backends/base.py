@@ -1,0 +1,49 @@
+"""The backend seam: run one segment engine, keep its features where they live.
+
+Features are opaque to the runtime (a numpy array on the CPU, a device buffer on a
+GPU), so a GPU backend keeps them in device memory between segments and copies to the
+host only the exit's probabilities and score (ARCHITECTURE decision 4). Batch
+compaction goes through `take`, which a GPU backend implements as a device gather.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from edge.manifest import Manifest
+
+Features = Any  # backend-owned; the runtime only hands it back
+
+
+class ExitOutput(NamedTuple):
+    features: Features | None  # None after the last segment
+    probs: np.ndarray  # host, (n, classes) float32
+    scores: np.ndarray  # host, (n,) float32: the exit's confidence score (entropy)
+
+
+class Backend(ABC):
+    """One instance serves one manifest; `run` must be safe to call from several threads."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def load(self, manifest: Manifest) -> None:
+        """Create an engine per segment; raise ManifestError naming a file that will not load."""
+
+    @abstractmethod
+    def upload(self, images: np.ndarray) -> Features:
+        """Host images (already validated) -> the first segment's input."""
+
+    @abstractmethod
+    def run(self, index: int, features: Features) -> ExitOutput:
+        """Run segment `index` on `features`."""
+
+    @abstractmethod
+    def take(self, features: Features, rows: np.ndarray) -> Features:
+        """Keep only `rows` (int indices) of a feature batch, where the features live."""
+
+    def close(self) -> None:
+        """Release engines and buffers."""

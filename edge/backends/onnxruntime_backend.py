@@ -1,0 +1,127 @@
+"""The default CPU backend: one onnxruntime session per segment, threads shared.
+
+Measured on a 2-core machine: with default threading every session keeps its own
+spinning pool and a chain of sessions ran 2-6.5x slower than one static model. So the
+sessions share one process-wide pool (or, where that is already taken, use their own
+pools with spinning off).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.backends.base import Backend, ExitOutput, Features
+from edge.errors import ManifestError
+from edge.manifest import Manifest, SegmentInfo
+
+log = logging.getLogger(__name__)
+
+_GLOBAL_POOL_LOCK = threading.Lock()
+_global_pool_threads: int | None = None
+
+
+def online_cores() -> int:
+    """Cores this process may run on (low-power modes switch cores off)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _use_global_pool(ort: Any, threads: int) -> bool:
+    """Size onnxruntime's process-wide pool once; False if it cannot be used here."""
+    global _global_pool_threads
+    with _GLOBAL_POOL_LOCK:
+        if _global_pool_threads is None:
+            try:
+                ort.set_global_thread_pool_sizes(threads, 1)
+            except RuntimeError as exc:  # the environment already exists without it
+                log.warning("onnxruntime global thread pool unavailable (%s); using per-session pools", exc)
+                _global_pool_threads = 0
+                return False
+            _global_pool_threads = threads
+        elif _global_pool_threads and _global_pool_threads != threads:
+            log.info("onnxruntime global pool already has %d threads; keeping it", _global_pool_threads)
+        return bool(_global_pool_threads)
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        threads: int | None = None,
+        shared_threads: bool = True,
+        spinning: bool = False,
+        optimization: str = "all",
+        providers: list[Any] | None = None,
+    ) -> None:
+        self.threads = threads or online_cores()
+        self.shared_threads = shared_threads
+        self.spinning = spinning
+        self.optimization = optimization
+        self.providers = providers or ["CPUExecutionProvider"]
+        self._sessions: list[Any] = []
+        self._feeds: list[str] = []
+        self._fetches: list[list[str]] = []
+
+    def session_options(self) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        levels = {
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        options.graph_optimization_level = levels[self.optimization]
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        if self.shared_threads and _use_global_pool(ort, self.threads):
+            options.use_per_session_threads = False
+        else:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        return options
+
+    def load(self, manifest: Manifest) -> None:
+        options = self.session_options()
+        self._sessions = [self._open(manifest.path_of(s.file), options) for s in manifest.segments]
+        self._feeds = [s.input.name for s in manifest.segments]
+        self._fetches = [_fetch_names(s) for s in manifest.segments]
+
+    def _open(self, path: Path, options: Any) -> Any:
+        import onnxruntime as ort
+
+        try:
+            return ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise ManifestError(f"{path}: onnxruntime cannot load this engine ({exc})") from exc
+
+    def upload(self, images: np.ndarray) -> Features:
+        return images
+
+    def run(self, index: int, features: Features) -> ExitOutput:
+        outputs = self._sessions[index].run(self._fetches[index], {self._feeds[index]: features})
+        if len(outputs) == 3:
+            return ExitOutput(outputs[0], outputs[1], outputs[2])
+        return ExitOutput(None, outputs[0], outputs[1])
+
+    def take(self, features: Features, rows: np.ndarray) -> Features:
+        return np.ascontiguousarray(features[rows])
+
+    def close(self) -> None:
+        self._sessions = []
+
+
+def _fetch_names(segment: SegmentInfo) -> list[str]:
+    names = [segment.probs_output, segment.score_output]
+    return [segment.features_output, *names] if segment.features_output else names

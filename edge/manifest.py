@@ -1,0 +1,231 @@
+"""The manifest: the one contract between build time and run time (ARCHITECTURE decision 1).
+
+Schema documented in docs/manifest.md. Loading checks the schema version, the shape of
+every entry and the sha256 of every file it names, and fails with a ManifestError
+that names the bad file. Paths inside are relative to the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.atomic import sha256_file, write_json_atomic
+from edge.errors import ManifestError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: list[Any]  # "batch" marks the dynamic batch dimension
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """One engine: its file, tensors, and the exit it feeds."""
+
+    name: str
+    file: str
+    sha256: str
+    input: TensorInfo
+    features_output: str | None  # None for the last segment
+    probs_output: str
+    score_output: str
+    exit_index: int
+    outputs: list[TensorInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    index: int
+    after: str  # block name, or "final"
+    criterion: str = "entropy"
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Exit thresholds (one per non-final exit; None = never exit there) and what was measured."""
+
+    name: str
+    thresholds: list[float | None]
+    criterion: str = "entropy"
+    precision: str = "fp32"
+    depth: str | None = None
+    measured: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    input: TensorInfo
+    value_range: list[float]
+    normalization: dict[str, Any]
+    classes: list[str]
+    segments: list[SegmentInfo]
+    exits: list[ExitInfo]
+    operating_points: list[OperatingPoint]
+    default_operating_point: str
+    batch: dict[str, int]
+    build: dict[str, Any]
+    static_model: dict[str, str] | None = None
+    schema_version: int = SCHEMA_VERSION
+    root: Path = Path(".")
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.segments)
+
+    def point(self, name: str) -> OperatingPoint:
+        for point in self.operating_points:
+            if point.name == name:
+                return point
+        known = ", ".join(p.name for p in self.operating_points)
+        raise ManifestError(f"no operating point {name!r} in the manifest; known: {known}")
+
+    def path_of(self, relative: str) -> Path:
+        return self.root / relative
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "input": _tensor_dict(self.input) | {"value_range": self.value_range, "normalization": self.normalization},
+            "classes": self.classes,
+            "segments": [_segment_dict(s) for s in self.segments],
+            "exits": [vars(e).copy() for e in self.exits],
+            "operating_points": [_point_dict(p) for p in self.operating_points],
+            "default_operating_point": self.default_operating_point,
+            "batch": self.batch,
+            "build": self.build,
+            "static_model": self.static_model,
+        }
+
+
+def save_manifest(manifest: Manifest, path: Path) -> None:
+    write_json_atomic(path, manifest.to_dict())
+
+
+def load_manifest(path: Path | str, verify_files: bool = True) -> Manifest:
+    """Read, validate and (by default) hash-check a manifest file or the folder holding one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found (build one with edge-build-engines)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
+    manifest = _parse(data, path)
+    _check_consistency(manifest, path)
+    if verify_files:
+        verify_manifest_files(manifest)
+    return manifest
+
+
+def verify_manifest_files(manifest: Manifest) -> None:
+    """Every file named exists and has the sha256 recorded at build time."""
+    files = [(s.file, s.sha256) for s in manifest.segments]
+    if manifest.static_model:
+        files.append((manifest.static_model["file"], manifest.static_model["sha256"]))
+    for relative, expected in files:
+        file = manifest.path_of(relative)
+        if not file.is_file():
+            raise ManifestError(f"{file}: engine file named in the manifest is missing")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise ManifestError(
+                f"{file}: sha256 {actual[:12]}... does not match the manifest's {expected[:12]}... "
+                "(file changed or corrupt since build; rebuild with edge-build-engines)"
+            )
+
+
+def _parse(data: Any, path: Path) -> Manifest:
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: manifest must be a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ManifestError(f"{path}: schema_version {version!r} is not supported (this runtime reads {SCHEMA_VERSION})")
+    try:
+        inp = data["input"]
+        return Manifest(
+            name=str(data["name"]),
+            input=TensorInfo(inp["name"], list(inp["shape"]), inp["dtype"]),
+            value_range=list(inp["value_range"]),
+            normalization=dict(inp["normalization"]),
+            classes=[str(c) for c in data["classes"]],
+            segments=[_parse_segment(s) for s in data["segments"]],
+            exits=[ExitInfo(**e) for e in data["exits"]],
+            operating_points=[_parse_point(p) for p in data["operating_points"]],
+            default_operating_point=str(data["default_operating_point"]),
+            batch={k: int(v) for k, v in data["batch"].items()},
+            build=dict(data["build"]),
+            static_model=data.get("static_model"),
+            schema_version=version,
+            root=path.parent,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ManifestError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def _parse_segment(s: dict[str, Any]) -> SegmentInfo:
+    return SegmentInfo(
+        name=s["name"], file=s["file"], sha256=s["sha256"],
+        input=TensorInfo(**s["input"]),
+        features_output=s["features_output"], probs_output=s["probs_output"],
+        score_output=s["score_output"], exit_index=int(s["exit_index"]),
+        outputs=[TensorInfo(**o) for o in s.get("outputs", [])],
+    )
+
+
+def _parse_point(p: dict[str, Any]) -> OperatingPoint:
+    thresholds = [None if t is None else float(t) for t in p["thresholds"]]
+    return OperatingPoint(
+        name=p["name"], thresholds=thresholds, criterion=p.get("criterion", "entropy"),
+        precision=p.get("precision", "fp32"), depth=p.get("depth"), measured=dict(p.get("measured", {})),
+    )
+
+
+def _check_consistency(m: Manifest, path: Path) -> None:
+    if not m.segments:
+        raise ManifestError(f"{path}: no segments")
+    if [s.exit_index for s in m.segments] != list(range(len(m.segments))) or len(m.exits) != len(m.segments):
+        raise ManifestError(f"{path}: segments and exits must pair up in order")
+    if any(s.features_output is None for s in m.segments[:-1]) or m.segments[-1].features_output is not None:
+        raise ManifestError(f"{path}: every segment but the last must output features")
+    for point in m.operating_points:
+        if len(point.thresholds) != len(m.segments) - 1:
+            raise ManifestError(
+                f"{path}: operating point {point.name!r} has {len(point.thresholds)} thresholds "
+                f"for {len(m.segments) - 1} early exits"
+            )
+        if any(t is not None and math.isnan(t) for t in point.thresholds):
+            raise ManifestError(f"{path}: operating point {point.name!r} has a NaN threshold")
+    m.point(m.default_operating_point)
+
+
+def _tensor_dict(t: TensorInfo) -> dict[str, Any]:
+    return {"name": t.name, "shape": t.shape, "dtype": t.dtype}
+
+
+def _segment_dict(s: SegmentInfo) -> dict[str, Any]:
+    return {
+        "name": s.name, "file": s.file, "sha256": s.sha256, "input": _tensor_dict(s.input),
+        "outputs": [_tensor_dict(o) for o in s.outputs], "features_output": s.features_output,
+        "probs_output": s.probs_output, "score_output": s.score_output, "exit_index": s.exit_index,
+    }
+
+
+def _point_dict(p: OperatingPoint) -> dict[str, Any]:
+    return {
+        "name": p.name, "thresholds": p.thresholds, "criterion": p.criterion,
+        "precision": p.precision, "depth": p.depth, "measured": p.measured,
+    }

@@ -1,0 +1,149 @@
+"""Chain segment engines and stop at the first confident exit (ARCHITECTURE decision 3).
+
+After each exit, samples whose score passes that exit's threshold leave the batch and
+the next segment runs only on the rest; results come back in input order. Batch 1,
+the common case on a device, takes a path with no index bookkeeping.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edge.backends import Backend, create_backend
+from edge.errors import InputError
+from edge.manifest import Manifest, OperatingPoint, load_manifest
+
+NEVER = -np.inf  # a threshold no entropy passes: the exit is never taken
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """Per-sample arrays in input order, and what the batch cost."""
+
+    predictions: np.ndarray  # (n,) int64
+    probabilities: np.ndarray  # (n, classes) float32
+    exits: np.ndarray  # (n,) int64: index of the exit taken (num_exits - 1 = final)
+    segment_ms: list[float]  # wall time of each segment run for this batch (0 where not run)
+    total_ms: float
+    operating_point: str
+
+
+class Runtime:
+    """Loads a manifest and runs batches through its segment chain. Thread-safe."""
+
+    def __init__(
+        self,
+        manifest: Manifest | Path | str,
+        backend: Backend | str = "onnxruntime",
+        operating_point: str | None = None,
+        **backend_options: Any,
+    ) -> None:
+        self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+        self.backend = create_backend(backend, **backend_options) if isinstance(backend, str) else backend
+        self.backend.load(self.manifest)
+        self._input_shape = tuple(self.manifest.input.shape[1:])
+        self._max_batch = self.manifest.batch.get("max", 0)
+        self._point = self._resolve(operating_point or self.manifest.default_operating_point)
+
+    @property
+    def num_exits(self) -> int:
+        return self.manifest.num_exits
+
+    @property
+    def operating_point(self) -> str:
+        return self._point[0]
+
+    def set_operating_point(self, name: str) -> None:
+        """Switch between requests: one reference swap, so a running call keeps its point."""
+        self._point = self._resolve(name)
+
+    def _resolve(self, name: str) -> tuple[str, np.ndarray]:
+        return name, thresholds_array(self.manifest.point(name))
+
+    def infer(self, images: np.ndarray, thresholds: Sequence[float | None] | None = None) -> InferenceResult:
+        """Classify a (n, C, H, W) float32 batch; `thresholds` overrides the operating point's."""
+        self.check_input(images)
+        name, limits = self._point
+        if thresholds is not None:
+            name, limits = "custom", self._custom_thresholds(thresholds)
+        start = time.perf_counter()
+        if len(images) == 1:
+            probs, exits, segment_ms = self._infer_one(images, limits)
+        else:
+            probs, exits, segment_ms = self._infer_batch(images, limits)
+        total_ms = (time.perf_counter() - start) * 1e3
+        return InferenceResult(probs.argmax(axis=1), probs, exits, segment_ms, total_ms, name)
+
+    def _infer_one(self, image: np.ndarray, limits: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        segment_ms = [0.0] * self.num_exits
+        features = self.backend.upload(image)
+        last = self.num_exits - 1
+        for k in range(self.num_exits):
+            t0 = time.perf_counter()
+            features, probs, scores = self.backend.run(k, features)
+            segment_ms[k] = (time.perf_counter() - t0) * 1e3
+            if k == last or scores[0] <= limits[k]:
+                return probs, np.array([k]), segment_ms
+        raise AssertionError("unreachable: the final exit always returns")
+
+    def _infer_batch(self, images: np.ndarray, limits: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        n = len(images)
+        all_probs = np.empty((n, len(self.manifest.classes)), dtype=np.float32)
+        exits = np.empty(n, dtype=np.int64)
+        segment_ms = [0.0] * self.num_exits
+        remaining = np.arange(n)
+        features = self.backend.upload(images)
+        last = self.num_exits - 1
+        for k in range(self.num_exits):
+            t0 = time.perf_counter()
+            features, probs, scores = self.backend.run(k, features)
+            segment_ms[k] = (time.perf_counter() - t0) * 1e3
+            leave = np.ones(len(remaining), dtype=bool) if k == last else scores <= limits[k]
+            all_probs[remaining[leave]] = probs[leave]
+            exits[remaining[leave]] = k
+            if leave.all():
+                break
+            if leave.any():
+                stay = np.flatnonzero(~leave)
+                features = self.backend.take(features, stay)
+                remaining = remaining[stay]
+        return all_probs, exits, segment_ms
+
+    def check_input(self, images: Any) -> None:
+        """Raise InputError unless `images` is a float32 (n, C, H, W) array the engines accept."""
+        if not isinstance(images, np.ndarray):
+            raise InputError(f"input must be a numpy array, got {type(images).__name__}")
+        if images.dtype != np.float32:
+            raise InputError(f"input dtype must be float32 (images scaled to {self.manifest.value_range}), got {images.dtype}")
+        if images.ndim != 4 or tuple(images.shape[1:]) != self._input_shape:
+            expected = ("n", *self._input_shape)
+            raise InputError(f"input shape must be {expected}, got {tuple(images.shape)}")
+        if len(images) == 0:
+            raise InputError("input batch is empty")
+        if self._max_batch and len(images) > self._max_batch:
+            raise InputError(f"batch of {len(images)} exceeds the manifest's maximum batch {self._max_batch}")
+        if not images.flags.c_contiguous:
+            raise InputError("input must be C-contiguous (use np.ascontiguousarray)")
+
+    def _custom_thresholds(self, thresholds: Sequence[float | None]) -> np.ndarray:
+        if len(thresholds) != self.num_exits - 1:
+            raise InputError(f"need {self.num_exits - 1} thresholds (one per early exit), got {len(thresholds)}")
+        return _as_limits(thresholds)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def thresholds_array(point: OperatingPoint) -> np.ndarray:
+    return _as_limits(point.thresholds)
+
+
+def _as_limits(thresholds: Sequence[float | None]) -> np.ndarray:
+    """Per-exit limits with a trailing +inf: the final exit takes everything left."""
+    values = [NEVER if t is None else float(t) for t in thresholds]
+    return np.array([*values, np.inf], dtype=np.float64)

@@ -1,0 +1,1 @@
+"""Build time: from a torch network to segment engines (partition, export, build)."""

@@ -1,0 +1,102 @@
+"""The form every backbone takes for partitioning: stem -> blocks -> classifier head.
+
+Split points are block indices; `feature_info` reports the shape after every block
+so exit heads can be sized without knowing the architecture (timm's feature_info idea).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std inside the graph, so engines take images in [0, 1]."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What comes out of one block: where exits can be attached."""
+
+    index: int
+    name: str
+    channels: int
+    height: int
+    width: int
+
+
+class BlockBackbone(nn.Module):
+    """A classifier written as `head(blocks[-1](...blocks[0](stem(x))))`.
+
+    `block_names` name each block (e.g. "layer2.1"); `stage_ends` maps a stage name
+    to the index of its last block so split points can be given per stage.
+    """
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        blocks: Sequence[nn.Module],
+        head: nn.Module,
+        block_names: Sequence[str],
+        stage_ends: dict[str, int],
+        input_shape: tuple[int, int, int],
+        normalization: dict[str, list[float]],
+    ) -> None:
+        super().__init__()
+        if len(blocks) != len(block_names):
+            raise ValueError("every block needs a name")
+        self.stem = stem
+        self.blocks = nn.ModuleList(blocks)
+        self.head = head
+        self.block_names = list(block_names)
+        self.stage_ends = dict(stage_ends)
+        self.input_shape = tuple(input_shape)
+        self.normalization = normalization
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+    @torch.no_grad()
+    def feature_info(self) -> list[FeatureInfo]:
+        """Shapes after each block, traced once with a dummy input."""
+        was_training = self.training
+        self.eval()
+        x = self.stem(torch.zeros(1, *self.input_shape))
+        infos = []
+        for i, (name, block) in enumerate(zip(self.block_names, self.blocks)):
+            x = block(x)
+            infos.append(FeatureInfo(i, name, x.shape[1], x.shape[2], x.shape[3]))
+        self.train(was_training)
+        return infos
+
+    def resolve_split(self, point: int | str) -> int:
+        """A split point as a block index: an int, a block name or a stage name."""
+        if isinstance(point, int):
+            index = point if point >= 0 else len(self.blocks) + point
+        elif point in self.stage_ends:
+            index = self.stage_ends[point]
+        elif point in self.block_names:
+            index = self.block_names.index(point)
+        else:
+            known = ", ".join(list(self.stage_ends) + self.block_names)
+            raise ValueError(f"unknown split point {point!r}; known: {known}")
+        if not 0 <= index < len(self.blocks) - 1:
+            raise ValueError(
+                f"split point {point!r} must be after a block before the last one "
+                f"(0..{len(self.blocks) - 2}); the last block feeds the final classifier"
+            )
+        return index

@@ -1,0 +1,148 @@
+"""Build engines and the manifest from a multi-exit network.
+
+export each segment -> check it against torch on random and real inputs -> hash ->
+write manifest.json. On the CPU the "engine" is the ONNX file that onnxruntime loads.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from edge.atomic import sha256_file
+from edge.errors import EdgeError
+from edge.manifest import (
+    MANIFEST_NAME, ExitInfo, Manifest, OperatingPoint, SegmentInfo, TensorInfo, save_manifest,
+)
+from engines.export import (
+    ENTROPY, FEATURES, PROBS, ExportableSegment, ExportableStatic, ExportedGraph,
+    export_segments, export_static, max_abs_diff_vs_torch,
+)
+from engines.partition import MultiExitNetwork
+
+TOLERANCE = 1e-4
+
+
+class ExportMismatchError(EdgeError):
+    """An exported engine does not reproduce torch within tolerance."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    name: str = "model"
+    max_batch: int = 64
+    opt_batch: int = 1
+    include_static: bool = True
+    random_check_batches: int = 2
+
+
+def build_engines(
+    net: MultiExitNetwork,
+    out_dir: Path,
+    classes: Sequence[str],
+    real_inputs: np.ndarray,
+    points: Sequence[OperatingPoint] = (),
+    options: BuildOptions = BuildOptions(),
+    static_backbone: torch.nn.Module | None = None,
+) -> Manifest:
+    """Export, verify and describe every segment; returns the manifest written to out_dir."""
+    out_dir = Path(out_dir)
+    net = net.eval()
+    example = torch.from_numpy(real_inputs[:2].astype(np.float32))
+    graphs = export_segments(net, out_dir, example)
+    check_segments(net, graphs, real_inputs, options.random_check_batches)
+    static = None
+    if options.include_static:
+        backbone = static_backbone if static_backbone is not None else net.backbone
+        graph = export_static(backbone, out_dir / "static.onnx", example)
+        _check(ExportableStatic(backbone), graph, _check_batches(real_inputs, options.random_check_batches))
+        static = {"file": graph.path.name, "sha256": sha256_file(graph.path)}
+    manifest = describe(net, graphs, classes, points, options, static, out_dir)
+    save_manifest(manifest, out_dir / MANIFEST_NAME)
+    return manifest
+
+
+def check_segments(net: MultiExitNetwork, graphs: Sequence[ExportedGraph], real_inputs: np.ndarray, random_batches: int) -> None:
+    """Each engine fed with the previous torch segment's features must match torch."""
+    batches = _check_batches(real_inputs, random_batches)
+    for segment, graph in zip(net.segments, graphs):
+        _check(ExportableSegment(segment), graph, batches)
+        with torch.no_grad():
+            batches = [segment(torch.from_numpy(b))[0].numpy() for b in batches]
+
+
+def _check_batches(real_inputs: np.ndarray, random_batches: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    real = np.ascontiguousarray(real_inputs[:8], dtype=np.float32)
+    randoms = [rng.random(real.shape, dtype=np.float32) for _ in range(random_batches)]
+    return [real, real[:1].copy(), *randoms]
+
+
+def _check(module: torch.nn.Module, graph: ExportedGraph, batches: list[np.ndarray]) -> None:
+    diff = max_abs_diff_vs_torch(module, graph, batches)
+    if not diff <= TOLERANCE:
+        raise ExportMismatchError(f"{graph.path}: max |onnx - torch| = {diff:.3g} exceeds {TOLERANCE}")
+
+
+def describe(
+    net: MultiExitNetwork,
+    graphs: Sequence[ExportedGraph],
+    classes: Sequence[str],
+    points: Sequence[OperatingPoint],
+    options: BuildOptions,
+    static: dict[str, str] | None,
+    out_dir: Path,
+) -> Manifest:
+    backbone = net.backbone
+    segments = [_segment_info(k, g) for k, g in enumerate(graphs)]
+    exits = [ExitInfo(k, name) for k, name in enumerate(net.exit_names())]
+    points = list(points) or [OperatingPoint("full", [None] * (net.num_exits - 1))]
+    return Manifest(
+        name=options.name,
+        input=TensorInfo(graphs[0].inputs[0].name, ["batch", *backbone.input_shape]),
+        value_range=[0.0, 1.0],
+        normalization={**backbone.normalization, "applied": "in_graph"},
+        classes=list(classes),
+        segments=segments,
+        exits=exits,
+        operating_points=points,
+        default_operating_point=points[0].name,
+        batch={"min": 1, "opt": options.opt_batch, "max": options.max_batch},
+        build=build_info(),
+        static_model=static,
+        root=out_dir,
+    )
+
+
+def _segment_info(index: int, graph: ExportedGraph) -> SegmentInfo:
+    names = [o.name for o in graph.outputs]
+    return SegmentInfo(
+        name=f"segment_{index}",
+        file=graph.path.name,
+        sha256=sha256_file(graph.path),
+        input=TensorInfo(graph.inputs[0].name, graph.inputs[0].shape),
+        features_output=FEATURES if FEATURES in names else None,
+        probs_output=PROBS,
+        score_output=ENTROPY,
+        exit_index=index,
+        outputs=[TensorInfo(o.name, o.shape) for o in graph.outputs],
+    )
+
+
+def build_info() -> dict[str, object]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "backend": "onnxruntime",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "device": platform.processor() or platform.machine(),
+        "host": platform.node(),
+    }

@@ -1,0 +1,62 @@
+"""Checkpoints that rebuild their network: architecture spec + weights, written atomically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edge.atomic import atomic_path
+from edge.errors import UserError
+from engines.backbone import BlockBackbone
+from engines.heads import HeadSpec
+from engines.partition import MultiExitNetwork
+from engines.registry import create_backbone
+
+FORMAT = 1
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a (multi-exit) network before loading its weights."""
+
+    backbone: str
+    backbone_kwargs: dict[str, Any]
+    classes: list[str]
+    split_points: list[int] = field(default_factory=list)  # empty: a plain backbone
+    head: dict[str, Any] = field(default_factory=dict)
+
+    def build_backbone(self) -> BlockBackbone:
+        kwargs = dict(self.backbone_kwargs)
+        kwargs["input_shape"] = tuple(kwargs["input_shape"])
+        return create_backbone(self.backbone, num_classes=len(self.classes), **kwargs)
+
+    def build(self) -> MultiExitNetwork | BlockBackbone:
+        backbone = self.build_backbone()
+        if not self.split_points:
+            return backbone
+        return MultiExitNetwork(backbone, self.split_points, HeadSpec.from_dict(self.head))
+
+
+def save_checkpoint(path: Path, spec: ModelSpec, model: torch.nn.Module, meta: dict[str, Any] | None = None) -> None:
+    payload = {"format": FORMAT, "spec": vars(spec), "state_dict": model.state_dict(), "meta": meta or {}}
+    with atomic_path(Path(path)) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path) -> tuple[ModelSpec, torch.nn.Module, dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a bad file
+        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: not a checkpoint of this project (format {FORMAT} expected)")
+    spec = ModelSpec(**payload["spec"])
+    model = spec.build()
+    model.load_state_dict(payload["state_dict"])
+    return spec, model.eval(), payload["meta"]

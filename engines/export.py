@@ -1,0 +1,144 @@
+"""Export each segment to its own ONNX file and check it against torch.
+
+Every exported segment ends in its exit's softmax and entropy, so the runtime reads a
+ready score and never computes a softmax in Python (per-exit Python cost decides
+whether early exits pay off on a small network).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge.atomic import atomic_path
+from engines.partition import MultiExitNetwork, Segment
+
+OPSET = 18  # what TensorRT 10.3 (JetPack 6.1) parses; the dynamo exporter's floor
+FEATURES, PROBS, ENTROPY = "features", "probs", "entropy"
+
+
+class ExitScores(nn.Module):
+    """Logits -> (probabilities, softmax entropy in nats), with a temperature."""
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_probs = torch.log_softmax(logits / self.temperature, dim=1)
+        probs = log_probs.exp()
+        return probs, -(probs * log_probs).sum(dim=1)
+
+
+class ExportableSegment(nn.Module):
+    """A segment as exported: (features, probs, entropy), or (probs, entropy) when final."""
+
+    def __init__(self, segment: Segment, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.segment = segment
+        self.scores = ExitScores(temperature)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features, logits = self.segment(x)
+        probs, entropy = self.scores(logits)
+        if self.segment.is_final:
+            return probs, entropy
+        return features, probs, entropy
+
+
+class ExportableStatic(nn.Module):
+    """The monolithic backbone with the same scored outputs as a final segment."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.scores = ExitScores()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scores(self.backbone(x))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: list[int | str]  # "batch" marks the dynamic dimension
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "shape": self.shape, "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class ExportedGraph:
+    path: Path
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+def export_module(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_names: Sequence[str]) -> ExportedGraph:
+    """One ONNX file with a dynamic batch dimension, weights embedded, written atomically."""
+    module = module.eval()
+    if example.shape[0] < 2:
+        example = example.repeat(2, 1, 1, 1)  # the exporter specialises a batch of 1
+    with torch.no_grad():
+        outputs = module(example)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with atomic_path(path) as tmp, torch.no_grad():
+        torch.onnx.export(
+            module, (example,), str(tmp), input_names=[input_name], output_names=list(output_names),
+            dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True,
+            external_data=False, verbose=False,
+        )
+    return ExportedGraph(
+        path=path,
+        inputs=[_spec(input_name, example)],
+        outputs=[_spec(n, t) for n, t in zip(output_names, outputs)],
+    )
+
+
+def _spec(name: str, tensor: torch.Tensor) -> TensorSpec:
+    return TensorSpec(name, ["batch", *tensor.shape[1:]])
+
+
+def segment_input_name(index: int) -> str:
+    return "input" if index == 0 else "features_in"
+
+
+def export_segments(net: MultiExitNetwork, out_dir: Path, example: torch.Tensor, temperatures: Sequence[float] | None = None) -> list[ExportedGraph]:
+    """segment_{k}.onnx for every segment, each fed by the previous one's features."""
+    net = net.eval()
+    temperatures = list(temperatures) if temperatures is not None else [1.0] * net.num_exits
+    exported = []
+    x = example
+    for k, segment in enumerate(net.segments):
+        names = [PROBS, ENTROPY] if segment.is_final else [FEATURES, PROBS, ENTROPY]
+        wrapped = ExportableSegment(segment, temperatures[k])
+        exported.append(export_module(wrapped, x, out_dir / f"segment_{k}.onnx", segment_input_name(k), names))
+        with torch.no_grad():
+            x = segment(x)[0]
+    return exported
+
+
+def export_static(backbone: nn.Module, path: Path, example: torch.Tensor) -> ExportedGraph:
+    return export_module(ExportableStatic(backbone), example, path, "input", [PROBS, ENTROPY])
+
+
+def max_abs_diff_vs_torch(module: nn.Module, graph: ExportedGraph, inputs: Sequence[np.ndarray]) -> float:
+    """Largest |onnxruntime - torch| over every output and input batch."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(graph.path), providers=["CPUExecutionProvider"])
+    module = module.eval()
+    worst = 0.0
+    for x in inputs:
+        with torch.no_grad():
+            expected = module(torch.from_numpy(x))
+        got = session.run(None, {graph.inputs[0].name: x})
+        for e, g in zip(expected, got):
+            worst = max(worst, float(np.max(np.abs(e.numpy() - g))))
+    return worst
