@@ -1,0 +1,112 @@
+"""Steps shared by the quickstart and the benchmark: train (or reuse a checkpoint),
+build engines, pick entropy thresholds on a calibration split."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from calibration.data import Dataset
+from calibration.exits import ExitTable, choose_uniform_threshold, exit_table
+from calibration.train import TrainConfig, train_backbone, train_exits_frozen, train_joint
+from edge.manifest import MANIFEST_NAME, Manifest, OperatingPoint, load_manifest, save_manifest
+from engines.backbone import BlockBackbone
+from engines.build import BuildOptions, build_engines
+from engines.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from engines.heads import HeadSpec
+from engines.partition import MultiExitNetwork
+
+log = logging.getLogger(__name__)
+
+EXIT_MODES = ("frozen", "joint")
+
+
+def backbone_spec(arch: str, data: Dataset, **kwargs: object) -> ModelSpec:
+    return ModelSpec(arch, {"input_shape": list(data.input_shape), **kwargs}, list(data.classes))
+
+
+def static_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, path: Path) -> BlockBackbone:
+    """The backbone trained the normal way; reuses `path` if it holds a matching checkpoint."""
+    reused = _reusable(path, spec, cfg)
+    if reused is not None:
+        return reused  # type: ignore[return-value]
+    backbone = spec.build_backbone()
+    train_backbone(backbone, data, cfg, on_epoch=_saver(path, spec, backbone, cfg))
+    return backbone
+
+
+def multi_exit_model(
+    spec: ModelSpec,
+    mode: str,
+    data: Dataset,
+    cfg: TrainConfig,
+    path: Path,
+    static: BlockBackbone | None = None,
+    exit_weights: Sequence[float] | None = None,
+) -> MultiExitNetwork:
+    """Exits trained on the frozen `static` backbone, or jointly from scratch."""
+    if mode not in EXIT_MODES:
+        raise ValueError(f"exit training must be one of {EXIT_MODES}, got {mode!r}")
+    reused = _reusable(path, spec, cfg, mode)
+    if reused is not None:
+        return reused  # type: ignore[return-value]
+    if mode == "frozen":
+        if static is None:
+            raise ValueError("frozen exits need the trained static backbone")
+        net = MultiExitNetwork(copy.deepcopy(static), spec.split_points, HeadSpec.from_dict(spec.head))
+        train_exits_frozen(net, data, cfg, on_epoch=_saver(path, spec, net, cfg, mode))
+    else:
+        net = spec.build()  # type: ignore[assignment]
+        train_joint(net, data, cfg, exit_weights, on_epoch=_saver(path, spec, net, cfg, mode))
+    return net
+
+
+def _training_meta(cfg: TrainConfig, mode: str, epochs_done: int) -> dict[str, object]:
+    return {"train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}, "mode": mode, "epochs_done": epochs_done}
+
+
+def _saver(path: Path, spec: ModelSpec, model: torch.nn.Module, cfg: TrainConfig, mode: str = "static") -> Callable[[int], None]:
+    """Checkpoint after every epoch, recording how far training got."""
+    return lambda epoch: save_checkpoint(path, spec, model, _training_meta(cfg, mode, epoch + 1))
+
+
+def _reusable(path: Path, spec: ModelSpec, cfg: TrainConfig, mode: str = "static") -> torch.nn.Module | None:
+    """A finished checkpoint of exactly this model and training recipe, if `path` holds one."""
+    if not path.is_file():
+        return None
+    saved, model, meta = load_checkpoint(path)
+    if saved != spec or meta != _training_meta(cfg, mode, cfg.epochs):
+        log.info("%s is from another model or recipe (or unfinished): training again", path)
+        return None
+    log.info("reusing %s", path)
+    return model
+
+
+def build(net: MultiExitNetwork, data: Dataset, out_dir: Path, name: str, static: BlockBackbone | None = None) -> Manifest:
+    return build_engines(
+        net, out_dir, data.classes, data.images[:16], options=BuildOptions(name=name), static_backbone=static,
+    )
+
+
+def with_points(manifest: Manifest, points: Sequence[OperatingPoint], default: str | None = None) -> Manifest:
+    """Rewrite the manifest with a new operating-point table (engines unchanged)."""
+    updated = dataclasses.replace(
+        manifest, operating_points=list(points), default_operating_point=default or points[0].name,
+    )
+    save_manifest(updated, manifest.root / MANIFEST_NAME)
+    return load_manifest(manifest.root)
+
+
+def entropy_point(name: str, threshold: float | None, num_exits: int, measured: dict[str, object] | None = None) -> OperatingPoint:
+    return OperatingPoint(name, [threshold] * (num_exits - 1), measured=dict(measured or {}))
+
+
+def pick_threshold(net: MultiExitNetwork, calibration: Dataset, segment_ms: Sequence[float], max_drop: float) -> tuple[float | None, ExitTable]:
+    table = exit_table(net, calibration)
+    candidates = [round(0.01 * i, 3) for i in range(1, 200)]
+    return choose_uniform_threshold(table, max_drop, candidates, segment_ms), table

@@ -1,0 +1,163 @@
+"""Training: the backbone, exit heads on the frozen backbone, or everything jointly.
+
+Frozen (seed 000): the backbone is fixed (BN statistics too) and each exit head learns
+by cross-entropy on the features it sees. Joint (BranchyNet, Shallow-Deep Networks):
+the weighted sum of every exit's cross-entropy trains heads and backbone together.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from calibration.data import Dataset, iterate_batches
+from edge.backends.onnxruntime_backend import online_cores
+from engines.partition import MultiExitNetwork
+
+EpochHook = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    shift: int = 0  # random translation by up to this many pixels
+    flip: bool = False  # random horizontal flip (fine for clothes, wrong for digits)
+    progress: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int | None = None) -> None:
+    torch.set_num_threads(threads or online_cores())
+
+
+def train_backbone(model: nn.Module, data: Dataset, cfg: TrainConfig, on_epoch: EpochHook | None = None) -> list[float]:
+    """Plain supervised training of a single-output network; returns the mean loss per epoch."""
+    return _fit(model, list(model.parameters()), data, cfg, lambda x, y: F.cross_entropy(model(x), y), "backbone", on_epoch)
+
+
+def train_exits_frozen(net: MultiExitNetwork, data: Dataset, cfg: TrainConfig, on_epoch: EpochHook | None = None) -> list[float]:
+    """Exit heads only, on a frozen backbone whose BN layers stay in eval mode."""
+    for p in net.backbone_parameters():
+        p.requires_grad_(False)
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        net.backbone.eval()  # frozen BN statistics, whatever _fit set
+        total = x.new_zeros(())
+        for k, segment in enumerate(net.segments[:-1]):
+            with torch.no_grad():
+                x = segment.body(x)
+            total = total + F.cross_entropy(net.exit_heads[k](x), y)
+        return total
+
+    try:
+        return _fit(net, net.head_parameters(), data, cfg, loss, "exits (frozen)", on_epoch)
+    finally:
+        for p in net.backbone_parameters():
+            p.requires_grad_(True)
+
+
+def train_joint(
+    net: MultiExitNetwork,
+    data: Dataset,
+    cfg: TrainConfig,
+    exit_weights: Sequence[float] | None = None,
+    on_epoch: EpochHook | None = None,
+) -> list[float]:
+    """Backbone and heads together: loss = sum_k w_k * CE(exit_k)."""
+    weights = list(exit_weights) if exit_weights is not None else [1.0] * net.num_exits
+    if len(weights) != net.num_exits:
+        raise ValueError(f"need {net.num_exits} exit weights, got {len(weights)}")
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return sum((w * F.cross_entropy(logits, y) for w, logits in zip(weights, net(x))), x.new_zeros(()))
+
+    return _fit(net, list(net.parameters()), data, cfg, loss, "joint", on_epoch)
+
+
+def _fit(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    data: Dataset,
+    cfg: TrainConfig,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    label: str,
+    on_epoch: EpochHook | None,
+) -> list[float]:
+    seed_everything(cfg.seed)
+    steps_per_epoch = -(-len(data) // cfg.batch_size)
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    model.train()
+    for epoch in range(cfg.epochs):
+        batches = iterate_batches(data, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"{label} {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
+        total, count = 0.0, 0
+        for images, labels in bar:
+            x = augment(torch.from_numpy(images), cfg, generator)
+            loss = loss_fn(x, torch.from_numpy(labels))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(labels)
+            count += len(labels)
+            bar.set_postfix(loss=f"{total / count:.3f}")
+        losses.append(total / max(count, 1))
+        if on_epoch is not None:
+            on_epoch(epoch)
+    model.eval()
+    return losses
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    if cfg.shift > 0:
+        x = random_shift(x, cfg.shift, generator)
+    if cfg.flip:
+        mask = torch.rand(len(x), generator=generator) < 0.5
+        x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+    return x
+
+
+def random_shift(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by its own random offset, padding with zeros."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (shift, shift, shift, shift))
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
+@torch.no_grad()
+def exit_accuracies(model: nn.Module, data: Dataset, batch_size: int = 500) -> list[float]:
+    """Accuracy of every exit (one entry for a plain backbone)."""
+    model.eval()
+    correct: np.ndarray | None = None
+    for images, labels in iterate_batches(data, batch_size):
+        outputs = model(torch.from_numpy(images))
+        outputs = outputs if isinstance(outputs, list) else [outputs]
+        hits = np.array([(o.argmax(1).numpy() == labels).sum() for o in outputs])
+        correct = hits if correct is None else correct + hits
+    assert correct is not None, "empty dataset"
+    return (correct / len(data)).tolist()
+

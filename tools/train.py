@@ -1,0 +1,59 @@
+"""train: a backbone the normal way, then exit heads (frozen backbone or joint).
+
+    edge-train --arch resnet20 --data fashion-mnist --out runs/r20 --exits frozen,joint
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from calibration import pipeline
+from calibration.data import load_dataset
+from calibration.train import TrainConfig, exit_accuracies, set_threads
+from engines.registry import list_backbones
+from tools._cli import run_main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="edge-train", description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="resnet20", choices=list_backbones())
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--splits", default="layer1,layer2")
+    p.add_argument("--exits", default="frozen", help="comma-separated: frozen, joint (empty: backbone only)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train-samples", type=int, default=0)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--flip", action="store_true", help="random horizontal flips (not for digits or text)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_threads()
+    train = load_dataset(args.data, "train")
+    test = load_dataset(args.data, "test")
+    if args.train_samples:
+        train = train.subset(slice(0, args.train_samples))
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, flip=args.flip, shift=1, seed=args.seed)
+    spec = pipeline.backbone_spec(args.arch, train)
+    static = pipeline.static_model(spec, train, cfg, args.out / "static.pt")
+    print(f"static: test accuracy {exit_accuracies(static, test)[0]:.2%} -> {args.out / 'static.pt'}")
+    for mode in filter(None, args.exits.split(",")):
+        exit_spec = pipeline.backbone_spec(args.arch, train)
+        exit_spec.split_points = args.splits.split(",")
+        net = pipeline.multi_exit_model(exit_spec, mode, train, cfg, args.out / f"{mode}.pt", static=static)
+        accs = ", ".join(f"{a:.2%}" for a in exit_accuracies(net, test))
+        print(f"{mode} exits: test accuracy per exit {accs} -> {args.out / f'{mode}.pt'}")
+    return 0
+
+
+def cli() -> int:
+    return run_main(main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
