@@ -98,10 +98,7 @@ class StaticModel:
     """The monolithic model in one onnxruntime session with the runtime's session options."""
 
     def __init__(self, path: Path, backend: OnnxRuntimeBackend | None = None) -> None:
-        import onnxruntime as ort
-
-        options = (backend or OnnxRuntimeBackend()).session_options()
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self.session = (backend or OnnxRuntimeBackend()).open_session(path)
         self.input_name = self.session.get_inputs()[0].name
 
     def predict(self, images: np.ndarray) -> np.ndarray:

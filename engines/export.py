@@ -130,9 +130,9 @@ def export_static(backbone: nn.Module, path: Path, example: torch.Tensor) -> Exp
 
 def max_abs_diff_vs_torch(module: nn.Module, graph: ExportedGraph, inputs: Sequence[np.ndarray]) -> float:
     """Largest |onnxruntime - torch| over every output and input batch."""
-    import onnxruntime as ort
+    from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-    session = ort.InferenceSession(str(graph.path), providers=["CPUExecutionProvider"])
+    session = OnnxRuntimeBackend().open_session(graph.path)
     module = module.eval()
     worst = 0.0
     for x in inputs:

@@ -6,11 +6,11 @@ temp folder. Its exit classifiers are fitted in closed form (ridge regression on
 pooled features) so the exits give varied, non-trivial predictions and entropies
 without a training loop.
 
-onnxruntime caveat: once a `Runtime` with the default backend exists, the backend has
-switched the whole process to onnxruntime's global thread pool and any session created
-with default options fails. Everything that needs such a session (export checks, the
-build) therefore runs in fixtures that are set up before the first test, and the
-reference sessions the tests open themselves go through `reference_session`.
+onnxruntime caveat: once a backend with shared threads exists, the process runs on
+onnxruntime's global thread pool and a session created with default options fails.
+The reference sessions the tests open themselves therefore go through
+`reference_session`, and the exports (which run onnxruntime checks) are all made in
+fixtures set up before the first test, so no test depends on the order tests run in.
 """
 
 from __future__ import annotations
@@ -33,12 +33,16 @@ from engines.registry import create_backbone
 INPUT_SHAPE = (1, 8, 8)
 SPLITS = ["layer1", "layer2"]
 MAX_BATCH = 64
+# One torch thread: on a busy 2-core machine (other jobs running) torch's OpenMP pool
+# made a 12x12 resnet20 forward take ~1 s instead of ~3 ms. Results do not depend on it.
+torch.set_num_threads(1)
+
 POINTS = [
     OperatingPoint("full", [None, None]),
     OperatingPoint("eager", [1e9, 1e9]),
     OperatingPoint("late", [None, 1e9]),
 ]
-# Fixtures that run an onnxruntime session with default options (see module docstring).
+# Fixtures that export and check engines; made before any test runs (see module docstring).
 _EXPORT_FIXTURES = ("built", "temperature_export", "export_check_results")
 
 

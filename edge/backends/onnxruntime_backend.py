@@ -94,13 +94,16 @@ class OnnxRuntimeBackend(Backend):
 
     def load(self, manifest: Manifest) -> None:
         options = self.session_options()
-        self._sessions = [self._open(manifest.path_of(s.file), options) for s in manifest.segments]
+        self._sessions = [self.open_session(manifest.path_of(s.file), options) for s in manifest.segments]
         self._feeds = [s.input.name for s in manifest.segments]
         self._fetches = [_fetch_names(s) for s in manifest.segments]
 
-    def _open(self, path: Path, options: Any) -> Any:
+    def open_session(self, path: Path, options: Any | None = None) -> Any:
+        """An InferenceSession with this backend's options. Every session in a process that
+        uses the shared pool must be made this way: onnxruntime refuses per-session pools then."""
         import onnxruntime as ort
 
+        options = options or self.session_options()
         try:
             return ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files

@@ -1,0 +1,208 @@
+"""edge.manifest: round trip, validation, and hash checks that name the bad file."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import read_manifest_json, write_manifest_json
+from edge.atomic import sha256_file
+from edge.errors import ManifestError, UserError
+from edge.manifest import MANIFEST_NAME, SCHEMA_VERSION, load_manifest, save_manifest
+
+
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    data = bytearray(path.read_bytes())
+    i = len(data) // 2 if offset is None else offset
+    data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_load_round_trip(built, tmp_path: Path) -> None:
+    manifest, folder = built
+    loaded = load_manifest(folder / MANIFEST_NAME)
+    assert loaded == manifest
+    assert load_manifest(folder) == loaded  # a folder works too
+    assert loaded.root == folder and loaded.path_of("segment_1.onnx") == folder / "segment_1.onnx"
+    assert loaded.num_exits == 3 and loaded.schema_version == SCHEMA_VERSION
+    # to_dict is what is on disk, and saving a loaded manifest gives the same manifest back.
+    assert loaded.to_dict() == read_manifest_json(folder)
+    save_manifest(loaded, tmp_path / "copy" / MANIFEST_NAME)
+    resaved = load_manifest(tmp_path / "copy", verify_files=False)
+    assert replace(resaved, root=folder) == loaded
+    assert [p.name for p in loaded.operating_points] == ["full", "eager", "late"]
+    assert loaded.point("late").thresholds == [None, 1e9]
+
+
+def test_hashes_in_manifest_are_the_files(built) -> None:
+    manifest, folder = built
+    for segment in manifest.segments:
+        assert segment.sha256 == sha256_file(folder / segment.file)
+    assert manifest.static_model["sha256"] == sha256_file(folder / manifest.static_model["file"])
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="manifest not found") as info:
+        load_manifest(tmp_path)
+    assert str(tmp_path / MANIFEST_NAME) in str(info.value)
+    with pytest.raises(ManifestError, match="manifest not found"):
+        load_manifest(tmp_path / "nowhere" / "manifest.json")
+
+
+def test_manifest_error_is_a_user_error() -> None:
+    assert issubclass(ManifestError, UserError)
+
+
+@pytest.mark.parametrize("text", ["{not json", "", "\xff\xfe garbage"])
+def test_invalid_json(built_copy: Path, text: str) -> None:
+    path = built_copy / MANIFEST_NAME
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ManifestError, match="not valid JSON") as info:
+        load_manifest(built_copy)
+    assert str(path) in str(info.value)
+
+
+def test_json_that_is_not_an_object(built_copy: Path) -> None:
+    (built_copy / MANIFEST_NAME).write_text("[1, 2, 3]")
+    with pytest.raises(ManifestError, match="must be a JSON object"):
+        load_manifest(built_copy)
+
+
+@pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, 0, "1", None])
+def test_wrong_schema_version(built_copy: Path, version) -> None:
+    data = read_manifest_json(built_copy)
+    if version is None:
+        del data["schema_version"]
+    else:
+        data["schema_version"] = version
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match="schema_version .* is not supported"):
+        load_manifest(built_copy)
+
+
+@pytest.mark.parametrize("key", ["classes", "segments", "input", "batch"])
+def test_missing_key_is_a_manifest_error(built_copy: Path, key: str) -> None:
+    data = read_manifest_json(built_copy)
+    del data[key]
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match="malformed manifest"):
+        load_manifest(built_copy)
+
+
+@pytest.mark.parametrize("name", ["segment_0.onnx", "segment_1.onnx", "segment_2.onnx", "static.onnx"])
+def test_tampered_file_is_named(built_copy: Path, name: str) -> None:
+    flip_byte(built_copy / name)
+    with pytest.raises(ManifestError, match="sha256") as info:
+        load_manifest(built_copy)
+    message = str(info.value)
+    assert str(built_copy / name) in message
+    others = {"segment_0.onnx", "segment_1.onnx", "segment_2.onnx", "static.onnx"} - {name}
+    assert not any(other in message for other in others)
+
+
+@pytest.mark.parametrize("name", ["segment_2.onnx", "static.onnx"])
+def test_missing_file_is_named(built_copy: Path, name: str) -> None:
+    (built_copy / name).unlink()
+    with pytest.raises(ManifestError, match="missing") as info:
+        load_manifest(built_copy)
+    assert str(built_copy / name) in str(info.value)
+
+
+def test_verify_files_false_skips_hashing(built_copy: Path) -> None:
+    flip_byte(built_copy / "segment_1.onnx")
+    (built_copy / "static.onnx").unlink()
+    manifest = load_manifest(built_copy, verify_files=False)
+    assert manifest.num_exits == 3
+    with pytest.raises(ManifestError):  # and the same folder fails when hashes are checked
+        load_manifest(built_copy)
+
+
+@pytest.mark.parametrize("thresholds", [[1.0], [1.0, 2.0, 3.0], []])
+def test_operating_point_with_wrong_threshold_count(built_copy: Path, thresholds) -> None:
+    data = read_manifest_json(built_copy)
+    data["operating_points"].append({"name": "broken", "thresholds": thresholds})
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match=rf"'broken' has {len(thresholds)} thresholds for 2 early exits"):
+        load_manifest(built_copy)
+
+
+def test_operating_point_with_nan_threshold(built_copy: Path) -> None:
+    path = built_copy / MANIFEST_NAME
+    data = read_manifest_json(built_copy)
+    data["operating_points"].append({"name": "nan", "thresholds": [0.5, None]})
+    path.write_text(json.dumps(data).replace("[0.5, null]", "[NaN, null]"))
+    with pytest.raises(ManifestError, match="'nan' has a NaN threshold"):
+        load_manifest(built_copy)
+
+
+def test_operating_point_defaults_filled_in(built_copy: Path) -> None:
+    data = read_manifest_json(built_copy)
+    data["operating_points"].append({"name": "minimal", "thresholds": [0.25, None]})
+    write_manifest_json(built_copy, data)
+    point = load_manifest(built_copy).point("minimal")
+    assert point.thresholds == [0.25, None]
+    assert (point.criterion, point.precision, point.depth, point.measured) == ("entropy", "fp32", None, {})
+
+
+def test_unknown_operating_point_name(built) -> None:
+    manifest, _ = built
+    with pytest.raises(ManifestError, match="no operating point 'turbo'") as info:
+        manifest.point("turbo")
+    assert "full, eager, late" in str(info.value)
+
+
+def test_unknown_default_operating_point(built_copy: Path) -> None:
+    data = read_manifest_json(built_copy)
+    data["default_operating_point"] = "turbo"
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match="no operating point 'turbo'"):
+        load_manifest(built_copy)
+
+
+def test_segments_and_exits_must_pair_up(built_copy: Path) -> None:
+    data = read_manifest_json(built_copy)
+    data["exits"] = data["exits"][:2]
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match="pair up"):
+        load_manifest(built_copy)
+
+
+def test_last_segment_must_not_output_features(built_copy: Path) -> None:
+    data = read_manifest_json(built_copy)
+    data["segments"][-1]["features_output"] = "features"
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match="every segment but the last must output features"):
+        load_manifest(built_copy)
+
+
+def test_corrupt_onnx_with_updated_hash_fails_in_the_backend(built_copy: Path) -> None:
+    from edge.runtime import Runtime
+
+    bad = built_copy / "segment_1.onnx"
+    bad.write_bytes(b"this is not an onnx model" * 10)
+    data = read_manifest_json(built_copy)
+    data["segments"][1]["sha256"] = sha256_file(bad)
+    write_manifest_json(built_copy, data)
+    load_manifest(built_copy)  # hashes agree now: the manifest alone looks fine
+    with pytest.raises(ManifestError, match="onnxruntime cannot load this engine") as info:
+        Runtime(built_copy)
+    assert str(bad) in str(info.value)
+    assert "segment_0.onnx" not in str(info.value) and "segment_2.onnx" not in str(info.value)
+
+
+def test_artifacts_get_normal_file_permissions(built_copy: Path, tmp_path: Path) -> None:
+    """Atomic writes give what a plain write gives (mkstemp alone would leave 0600)."""
+    old = os.umask(0o022)
+    try:
+        manifest = load_manifest(built_copy)
+        save_manifest(manifest, tmp_path / "out" / MANIFEST_NAME)
+        plain = tmp_path / "out" / "plain.json"
+        plain.write_text("{}")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "out" / MANIFEST_NAME).stat().st_mode & 0o777
+    assert mode == plain.stat().st_mode & 0o777 == 0o644

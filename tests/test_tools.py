@@ -1,0 +1,117 @@
+"""The command-line tools end to end on scikit-learn digits, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from calibration import pipeline
+from calibration.data import load_digits
+from calibration.train import TrainConfig
+from edge.manifest import load_manifest
+from edge.runtime import Runtime
+from tools import build_engines, quickstart
+from tools._cli import run_main
+
+TINY = TrainConfig(epochs=1, batch_size=64, progress=False)
+
+
+def test_quickstart_runs_end_to_end_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--data", "digits", "--out", str(tmp_path), "--epochs", "2", "--calibration-samples", "300", "--max-drop", "0.05"]
+    assert run_main(quickstart.main, args) == 0
+    printed = capsys.readouterr().out
+    assert "static model" in printed and "exit histogram" in printed
+    summary = json.loads((tmp_path / "quickstart.json").read_text())
+    chain = summary["chain"]
+    assert chain["samples"] == len(load_digits("test"))
+    assert sum(chain["exit_fractions"]) == pytest.approx(1.0)
+    manifest = load_manifest(tmp_path / "engines")
+    assert manifest.default_operating_point == ("balanced" if summary["threshold"] is not None else "full")
+    assert (tmp_path / "engines" / "static.onnx").is_file()
+
+
+def test_cli_prints_missing_dataset_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_main(quickstart.main, ["--data", f"idx:{tmp_path / 'nowhere'}", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.startswith("error: ") and "\n" not in err
+    assert "nowhere" in err
+
+
+@pytest.fixture(scope="module")
+def exit_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ckpt")
+    train = load_digits("train")
+    spec = pipeline.backbone_spec("resnet8", train, widths=[8, 8, 8])
+    static = pipeline.static_model(spec, train, TINY, folder / "static.pt")
+    spec.split_points = ["layer1"]
+    pipeline.multi_exit_model(spec, "frozen", train, TINY, folder / "frozen.pt", static=static)
+    return folder
+
+
+def test_build_engines_writes_a_loadable_manifest_with_points(exit_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "engines"
+    args = [str(exit_checkpoint / "frozen.pt"), "--out", str(out), "--data", "digits", "--point", "eager=0.5", "--point", "off=none"]
+    assert run_main(build_engines.main, args) == 0
+    manifest = load_manifest(out)
+    assert [p.name for p in manifest.operating_points] == ["full", "eager", "off"]
+    assert manifest.point("eager").thresholds == [0.5]
+    assert manifest.point("off").thresholds == [None]
+    runtime = Runtime(manifest, operating_point="eager")
+    result = runtime.infer(load_digits("test").images[:10])
+    assert result.probabilities.shape == (10, 10)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--point", "eager=0.5,0.5"], "1 early exits"), (["--point", "eager"], "NAME=T1"), (["--point", "x=abc"], "numbers")],
+)
+def test_build_engines_rejects_bad_points(exit_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
+    args = [str(exit_checkpoint / "frozen.pt"), "--out", str(tmp_path), "--data", "digits", *extra]
+    assert run_main(build_engines.main, args) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_build_engines_refuses_a_plain_backbone(exit_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main(build_engines.main, [str(exit_checkpoint / "static.pt"), "--out", str(tmp_path), "--data", "digits"]) == 1
+    assert "no exits" in capsys.readouterr().err
+
+
+def test_build_engines_refuses_mismatched_dataset(exit_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("needs Debian's dataset-fashion-mnist (28x28 images) to mismatch the 8x8 network")
+    assert run_main(build_engines.main, [str(exit_checkpoint / "frozen.pt"), "--out", str(tmp_path)]) == 1
+    assert "the network takes" in capsys.readouterr().err
+
+
+def test_runtime_modules_never_import_torch() -> None:
+    code = (
+        "import sys, edge.runtime, edge.manifest, edge.backends.onnxruntime_backend;"
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_every_module_imports_without_optional_extras() -> None:
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "sys.modules['torchvision'] = None  # as if the vision extra were absent\n"
+        "for pkg in ('edge', 'engines', 'calibration', 'tools'):\n"
+        "    mod = importlib.import_module(pkg)\n"
+        "    for info in pkgutil.walk_packages(mod.__path__, pkg + '.'):\n"
+        "        importlib.import_module(info.name)\n"
+        "from engines.registry import create_backbone\n"
+        "from edge.errors import MissingDependencyError\n"
+        "try:\n"
+        "    create_backbone('tv_resnet18')\n"
+        "except MissingDependencyError as e:\n"
+        "    assert 'vision' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('expected MissingDependencyError')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

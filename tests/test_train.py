@@ -1,0 +1,125 @@
+"""Training on scikit-learn digits with a tiny ResNet: frozen vs joint exits, seeds, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from calibration import pipeline
+from calibration.data import Dataset, load_digits
+from calibration.train import TrainConfig, exit_accuracies, random_shift, train_backbone, train_exits_frozen, train_joint
+from engines.partition import MultiExitNetwork
+from engines.registry import create_backbone
+
+FAST = TrainConfig(epochs=3, batch_size=64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[Dataset, Dataset]:
+    return load_digits("train"), load_digits("test")
+
+
+def tiny_backbone(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_backbone("resnet8", input_shape=(1, 8, 8), num_classes=10)
+
+
+def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_backbone_training_learns(digits: tuple[Dataset, Dataset]) -> None:
+    train, test = digits
+    backbone = tiny_backbone()
+    before = exit_accuracies(backbone, test)[0]
+    losses = train_backbone(backbone, train, FAST)
+    assert losses[-1] < losses[0]
+    assert exit_accuracies(backbone, test)[0] > max(0.8, before + 0.3)
+
+
+def test_frozen_exits_leave_backbone_untouched(digits: tuple[Dataset, Dataset]) -> None:
+    train, test = digits
+    backbone = tiny_backbone()
+    train_backbone(backbone, train, FAST)
+    net = MultiExitNetwork(backbone, ["layer1", "layer2"])
+    backbone_before, heads_before = state(backbone), state(net.exit_heads)
+    early_before = exit_accuracies(net, test)[:2]
+    train_exits_frozen(net, train, FAST)
+    for name, tensor in backbone.state_dict().items():  # weights and BN running statistics
+        assert torch.equal(tensor, backbone_before[name]), name
+    assert any(not torch.equal(t, heads_before[n]) for n, t in net.exit_heads.state_dict().items())
+    early_after = exit_accuracies(net, test)[:2]
+    assert all(a > b for a, b in zip(early_after, early_before))
+    assert all(p.requires_grad for p in backbone.parameters()), "backbone must be trainable again afterwards"
+
+
+def test_joint_training_trains_backbone_and_every_exit(digits: tuple[Dataset, Dataset]) -> None:
+    train, test = digits
+    net = MultiExitNetwork(tiny_backbone(), ["layer1", "layer2"])
+    before = state(net.backbone)
+    train_joint(net, train, FAST)
+    assert any(not torch.equal(t, before[n]) for n, t in net.backbone.state_dict().items())
+    assert all(acc > 0.5 for acc in exit_accuracies(net, test))
+
+
+def test_joint_training_rejects_wrong_weight_count(digits: tuple[Dataset, Dataset]) -> None:
+    net = MultiExitNetwork(tiny_backbone(), ["layer1"])
+    with pytest.raises(ValueError, match="exit weights"):
+        train_joint(net, digits[0], FAST, exit_weights=[1.0])
+
+
+def test_training_is_reproducible(digits: tuple[Dataset, Dataset]) -> None:
+    small = digits[0].subset(slice(0, 256))
+    cfg = TrainConfig(epochs=1, batch_size=64, shift=1, flip=True, progress=False)
+    a, b = tiny_backbone(0), tiny_backbone(0)
+    train_backbone(a, small, cfg)
+    train_backbone(b, small, cfg)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_random_shift_moves_each_image_by_its_own_offset() -> None:
+    x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5) + 1
+    shifted = random_shift(x, 1, torch.Generator().manual_seed(3))
+    assert shifted.shape == x.shape
+    for i in range(2):
+        # every shifted image is a translate of the original: compare with all 9 candidates
+        padded = torch.nn.functional.pad(x[i], (1, 1, 1, 1))
+        candidates = [padded[:, dy : dy + 5, dx : dx + 5] for dy in range(3) for dx in range(3)]
+        assert any(torch.equal(shifted[i], c) for c in candidates)
+
+
+def test_pipeline_reuses_finished_checkpoint_and_retrains_on_new_recipe(digits: tuple[Dataset, Dataset], tmp_path: Path) -> None:
+    train = digits[0].subset(slice(0, 256))
+    cfg = TrainConfig(epochs=1, batch_size=64, progress=False)
+    spec = pipeline.backbone_spec("resnet8", train, widths=[8, 8, 8])
+    path = tmp_path / "static.pt"
+    first = pipeline.static_model(spec, train, cfg, path)
+    stamp = path.stat().st_mtime_ns
+    again = pipeline.static_model(spec, train, cfg, path)
+    assert path.stat().st_mtime_ns == stamp, "a finished checkpoint must be reused, not retrained"
+    for x, y in zip(first.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(x, y)
+    pipeline.static_model(spec, train, TrainConfig(epochs=1, batch_size=32, progress=False), path)
+    assert path.stat().st_mtime_ns != stamp, "another recipe must retrain"
+    assert [p.name for p in tmp_path.iterdir()] == ["static.pt"], "no temp files left behind"
+
+
+def test_frozen_mode_needs_static_backbone(digits: tuple[Dataset, Dataset], tmp_path: Path) -> None:
+    spec = pipeline.backbone_spec("resnet8", digits[0])
+    spec.split_points = ["layer1"]
+    with pytest.raises(ValueError, match="static backbone"):
+        pipeline.multi_exit_model(spec, "frozen", digits[0], FAST, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="exit training"):
+        pipeline.multi_exit_model(spec, "sideways", digits[0], FAST, tmp_path / "x.pt")
+
+
+def test_exit_accuracy_counts_correct_predictions(digits: tuple[Dataset, Dataset]) -> None:
+    test = digits[1]
+    backbone = tiny_backbone()
+    with torch.no_grad():
+        predictions = backbone.eval()(torch.from_numpy(test.images)).argmax(1).numpy()
+    assert exit_accuracies(backbone, test, batch_size=97)[0] == pytest.approx(np.mean(predictions == test.labels))
