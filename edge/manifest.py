@@ -133,10 +133,7 @@ def load_manifest(path: Path | str, verify_files: bool = True) -> Manifest:
 
 def verify_manifest_files(manifest: Manifest) -> None:
     """Every file named exists and has the sha256 recorded at build time."""
-    files = [(s.file, s.sha256) for s in manifest.segments]
-    if manifest.static_model:
-        files.append((manifest.static_model["file"], manifest.static_model["sha256"]))
-    for relative, expected in files:
+    for relative, expected in _named_files(manifest):
         file = manifest.path_of(relative)
         if not file.is_file():
             raise ManifestError(f"{file}: engine file named in the manifest is missing")
@@ -146,6 +143,13 @@ def verify_manifest_files(manifest: Manifest) -> None:
                 f"{file}: sha256 {actual[:12]}... does not match the manifest's {expected[:12]}... "
                 "(file changed or corrupt since build; rebuild with edge-build-engines)"
             )
+
+
+def _named_files(manifest: Manifest) -> list[tuple[str, str]]:
+    files = [(s.file, s.sha256) for s in manifest.segments]
+    if manifest.static_model is not None:
+        files.append((manifest.static_model["file"], manifest.static_model["sha256"]))
+    return files
 
 
 def _parse(data: Any, path: Path) -> Manifest:
@@ -168,17 +172,29 @@ def _parse(data: Any, path: Path) -> Manifest:
             default_operating_point=str(data["default_operating_point"]),
             batch={k: int(v) for k, v in data["batch"].items()},
             build=dict(data["build"]),
-            static_model=data.get("static_model"),
+            static_model=_parse_file_entry(data.get("static_model")),
             schema_version=version,
             root=path.parent,
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise ManifestError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def _parse_file_entry(entry: Any) -> dict[str, str] | None:
+    if entry is None:
+        return None
+    return {"file": _text(entry["file"], "file"), "sha256": _text(entry["sha256"], "sha256")}
+
+
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{key!r} must be a string, got {type(value).__name__}")
+    return value
 
 
 def _parse_segment(s: dict[str, Any]) -> SegmentInfo:
     return SegmentInfo(
-        name=s["name"], file=s["file"], sha256=s["sha256"],
+        name=s["name"], file=_text(s["file"], "file"), sha256=_text(s["sha256"], "sha256"),
         input=TensorInfo(**s["input"]),
         features_output=s["features_output"], probs_output=s["probs_output"],
         score_output=s["score_output"], exit_index=int(s["exit_index"]),
@@ -201,6 +217,10 @@ def _check_consistency(m: Manifest, path: Path) -> None:
         raise ManifestError(f"{path}: segments and exits must pair up in order")
     if any(s.features_output is None for s in m.segments[:-1]) or m.segments[-1].features_output is not None:
         raise ManifestError(f"{path}: every segment but the last must output features")
+    for segment in m.segments:
+        widths = [o.shape[1] for o in segment.outputs if o.name == segment.probs_output and len(o.shape) == 2]
+        if widths and widths[0] != len(m.classes):
+            raise ManifestError(f"{path}: {segment.name} outputs {widths[0]} classes, the manifest lists {len(m.classes)}")
     for point in m.operating_points:
         if len(point.thresholds) != len(m.segments) - 1:
             raise ManifestError(

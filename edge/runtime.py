@@ -7,6 +7,7 @@ the common case on a device, takes a path with no index bookkeeping.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,9 @@ import numpy as np
 
 from edge.backends import Backend, create_backend
 from edge.errors import InputError
-from edge.manifest import Manifest, OperatingPoint, load_manifest
+from edge.manifest import Manifest, load_manifest
 
-NEVER = -np.inf  # a threshold no entropy passes: the exit is never taken
+NEVER = -math.inf  # a threshold no entropy passes: the exit is never taken
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,8 @@ class Runtime:
         self.backend.load(self.manifest)
         self._input_shape = tuple(self.manifest.input.shape[1:])
         self._max_batch = self.manifest.batch.get("max", 0)
+        self.num_exits = self.manifest.num_exits
         self._point = self._resolve(operating_point or self.manifest.default_operating_point)
-
-    @property
-    def num_exits(self) -> int:
-        return self.manifest.num_exits
 
     @property
     def operating_point(self) -> str:
@@ -62,8 +60,8 @@ class Runtime:
         """Switch between requests: one reference swap, so a running call keeps its point."""
         self._point = self._resolve(name)
 
-    def _resolve(self, name: str) -> tuple[str, np.ndarray]:
-        return name, thresholds_array(self.manifest.point(name))
+    def _resolve(self, name: str) -> tuple[str, list[float]]:
+        return name, exit_limits(self.manifest.point(name).thresholds)
 
     def infer(self, images: np.ndarray, thresholds: Sequence[float | None] | None = None) -> InferenceResult:
         """Classify a (n, C, H, W) float32 batch; `thresholds` overrides the operating point's."""
@@ -79,19 +77,20 @@ class Runtime:
         total_ms = (time.perf_counter() - start) * 1e3
         return InferenceResult(probs.argmax(axis=1), probs, exits, segment_ms, total_ms, name)
 
-    def _infer_one(self, image: np.ndarray, limits: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    def _infer_one(self, image: np.ndarray, limits: list[float]) -> tuple[np.ndarray, np.ndarray, list[float]]:
         segment_ms = [0.0] * self.num_exits
         features = self.backend.upload(image)
+        run = self.backend.run
         last = self.num_exits - 1
-        for k in range(self.num_exits):
+        for k, limit in enumerate(limits):
             t0 = time.perf_counter()
-            features, probs, scores = self.backend.run(k, features)
+            features, probs, scores = run(k, features)
             segment_ms[k] = (time.perf_counter() - t0) * 1e3
-            if k == last or scores[0] <= limits[k]:
+            if k == last or float(scores[0]) <= limit:  # compared in float64; NaN exits only at the end
                 return probs, np.array([k]), segment_ms
         raise AssertionError("unreachable: the final exit always returns")
 
-    def _infer_batch(self, images: np.ndarray, limits: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    def _infer_batch(self, images: np.ndarray, limits: list[float]) -> tuple[np.ndarray, np.ndarray, list[float]]:
         n = len(images)
         all_probs = np.empty((n, len(self.manifest.classes)), dtype=np.float32)
         exits = np.empty(n, dtype=np.int64)
@@ -99,11 +98,11 @@ class Runtime:
         remaining = np.arange(n)
         features = self.backend.upload(images)
         last = self.num_exits - 1
-        for k in range(self.num_exits):
+        for k, limit in enumerate(limits):
             t0 = time.perf_counter()
             features, probs, scores = self.backend.run(k, features)
             segment_ms[k] = (time.perf_counter() - t0) * 1e3
-            leave = np.ones(len(remaining), dtype=bool) if k == last else scores <= limits[k]
+            leave = np.ones(len(remaining), dtype=bool) if k == last else scores <= np.float64(limit)
             all_probs[remaining[leave]] = probs[leave]
             exits[remaining[leave]] = k
             if leave.all():
@@ -130,20 +129,16 @@ class Runtime:
         if not images.flags.c_contiguous:
             raise InputError("input must be C-contiguous (use np.ascontiguousarray)")
 
-    def _custom_thresholds(self, thresholds: Sequence[float | None]) -> np.ndarray:
+    def _custom_thresholds(self, thresholds: Sequence[float | None]) -> list[float]:
         if len(thresholds) != self.num_exits - 1:
             raise InputError(f"need {self.num_exits - 1} thresholds (one per early exit), got {len(thresholds)}")
-        return _as_limits(thresholds)
+        return exit_limits(thresholds)
 
     def close(self) -> None:
         self.backend.close()
 
 
-def thresholds_array(point: OperatingPoint) -> np.ndarray:
-    return _as_limits(point.thresholds)
-
-
-def _as_limits(thresholds: Sequence[float | None]) -> np.ndarray:
-    """Per-exit limits with a trailing +inf: the final exit takes everything left."""
-    values = [NEVER if t is None else float(t) for t in thresholds]
-    return np.array([*values, np.inf], dtype=np.float64)
+def exit_limits(thresholds: Sequence[float | None]) -> list[float]:
+    """Per-exit limits, plus +inf for the final exit (which takes everything left).
+    Plain floats, so the batch-1 path compares without numpy overhead."""
+    return [NEVER if t is None else float(t) for t in thresholds] + [math.inf]

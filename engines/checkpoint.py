@@ -56,7 +56,10 @@ def load_checkpoint(path: Path) -> tuple[ModelSpec, torch.nn.Module, dict[str, A
         raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not a checkpoint of this project (format {FORMAT} expected)")
-    spec = ModelSpec(**payload["spec"])
-    model = spec.build()
-    model.load_state_dict(payload["state_dict"])
-    return spec, model.eval(), payload["meta"]
+    try:
+        spec = ModelSpec(**payload["spec"])
+        model = spec.build()
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path}: checkpoint does not describe a network this project builds ({type(exc).__name__}: {exc})") from exc
+    return spec, model.eval(), payload.get("meta", {})

@@ -206,3 +206,51 @@ def test_artifacts_get_normal_file_permissions(built_copy: Path, tmp_path: Path)
         os.umask(old)
     mode = (tmp_path / "out" / MANIFEST_NAME).stat().st_mode & 0o777
     assert mode == plain.stat().st_mode & 0o777 == 0o644
+
+
+def test_manifest_without_segments(built_copy: Path) -> None:
+    data = read_manifest_json(built_copy)
+    data["segments"], data["exits"], data["operating_points"] = [], [], [{"name": "full", "thresholds": []}]
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match="no segments"):
+        load_manifest(built_copy)
+
+
+def test_static_model_file_is_checked_like_a_segment(built_copy: Path) -> None:
+    data = read_manifest_json(built_copy)
+    data["static_model"] = {"file": "elsewhere.onnx", "sha256": data["static_model"]["sha256"]}
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match="elsewhere.onnx.*missing"):
+        load_manifest(built_copy)
+
+
+MALFORMED = {
+    "static_without_sha256": ("static_model", {"file": "static.onnx"}),
+    "static_without_file": ("static_model", {"sha256": "00"}),
+    "static_as_string": ("static_model", "static.onnx"),
+    "static_sha256_number": ("static_model", {"file": "static.onnx", "sha256": 5}),
+    "segment_sha256_number": ("segments.1.sha256", 5),
+    "segment_file_number": ("segments.1.file", 5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_file_entry_is_a_manifest_error(built_copy: Path, case: str) -> None:
+    where, value = MALFORMED[case]
+    data = read_manifest_json(built_copy)
+    if where == "static_model":
+        data["static_model"] = value
+    else:
+        _, index, key = where.split(".")
+        data["segments"][int(index)][key] = value
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError):
+        load_manifest(built_copy)
+
+
+def test_class_count_must_match_engine_outputs(built_copy: Path) -> None:
+    data = read_manifest_json(built_copy)
+    data["classes"] = data["classes"][:-1]
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match="classes"):
+        load_manifest(built_copy)

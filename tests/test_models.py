@@ -270,3 +270,23 @@ def test_load_foreign_torch_file(tmp_path: Path) -> None:
 def test_load_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "absent.pt")
+
+
+def _tamper_spec(payload: dict, case: str) -> None:
+    if case == "weights_of_another_depth":
+        payload["spec"]["backbone"] = "resnet20"
+    elif case == "unknown_backbone":
+        payload["spec"]["backbone"] = "resnet9"
+    elif case == "spec_missing_field":
+        del payload["spec"]["classes"]
+
+
+@pytest.mark.parametrize("case", ["weights_of_another_depth", "unknown_backbone", "spec_missing_field"])
+def test_inconsistent_checkpoint_is_a_user_error(tmp_path: Path, case: str) -> None:
+    model_spec = spec(split_points=())
+    save_checkpoint(tmp_path / "ok.pt", model_spec, model_spec.build())
+    payload = torch.load(tmp_path / "ok.pt", weights_only=True)
+    _tamper_spec(payload, case)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="bad.pt"):
+        load_checkpoint(tmp_path / "bad.pt")

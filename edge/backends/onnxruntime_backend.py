@@ -84,7 +84,9 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = levels[self.optimization]
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
-        if self.shared_threads and _use_global_pool(ort, self.threads):
+        # Once the process-wide pool exists onnxruntime refuses per-session pools, so every
+        # later session joins it whatever it asked for.
+        if _global_pool_threads or (self.shared_threads and _use_global_pool(ort, self.threads)):
             options.use_per_session_threads = False
         else:
             options.intra_op_num_threads = self.threads
