@@ -1,11 +1,17 @@
-"""Measure the real runtime and the static model on a dataset: accuracy, latency, exits."""
+"""Measure the real runtime and the static model on a dataset: accuracy, latency, exits.
+
+Batch-1 latencies of several configurations are measured interleaved: each image runs
+through every configuration in turn (in a rotating order) before the next image, so
+that a slow spell of the machine (other tenants, frequency changes) hits all of them
+alike and their ratios mean something.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -13,6 +19,9 @@ from tqdm import tqdm
 from calibration.data import Dataset
 from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 from edge.runtime import Runtime
+
+# One batch-1 call: image -> (predicted class, exit taken, per-segment ms or None).
+Config = Callable[[np.ndarray], tuple[int, int, Sequence[float] | None]]
 
 
 @dataclass(frozen=True)
@@ -23,12 +32,60 @@ class Measurement:
     p99_ms: float
     exit_fractions: list[float]
     samples: int
+    segment_ms: list[float] | None = None  # mean time of each segment where it ran
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def reach_fractions(self) -> list[float]:
+        return [1.0 - sum(self.exit_fractions[:k]) for k in range(len(self.exit_fractions))]
 
-def _summary(latencies_ms: np.ndarray, correct: np.ndarray, exits: np.ndarray, num_exits: int) -> Measurement:
+
+def runtime_config(runtime: Runtime, thresholds: Sequence[float | None] | None = None) -> Config:
+    def run(image: np.ndarray) -> tuple[int, int, Sequence[float]]:
+        result = runtime.infer(image, thresholds)
+        return int(result.predictions[0]), int(result.exits[0]), result.segment_ms
+
+    return run
+
+
+def measure_interleaved(configs: dict[str, Config], data: Dataset, warmup: int = 50, progress: bool = True) -> dict[str, Measurement]:
+    """Batch 1, every configuration on every image, wall time around each call."""
+    images = np.ascontiguousarray(data.images, dtype=np.float32)
+    names = list(configs)
+    calls = [configs[n] for n in names]
+    for i in range(min(warmup, len(images))):
+        for call in calls:
+            call(images[i : i + 1])
+    n, c = len(images), len(calls)
+    latencies = np.empty((c, n))
+    predictions = np.empty((c, n), dtype=np.int64)
+    exits = np.empty((c, n), dtype=np.int64)
+    segment_sums: list[np.ndarray | None] = [None] * c
+    segment_runs: list[np.ndarray | None] = [None] * c
+    for i in tqdm(range(n), desc=f"batch 1 x {c} configs", disable=not progress, leave=False):
+        image = images[i : i + 1]
+        for j in range(c):
+            k = (i + j) % c  # rotate the order so no configuration always goes first
+            start = time.perf_counter()
+            predictions[k, i], exits[k, i], seg = calls[k](image)
+            latencies[k, i] = (time.perf_counter() - start) * 1e3
+            if seg is not None:
+                ran = np.asarray(seg) > 0
+                segment_sums[k] = (0 if segment_sums[k] is None else segment_sums[k]) + np.asarray(seg)
+                segment_runs[k] = (0 if segment_runs[k] is None else segment_runs[k]) + ran
+    results = {}
+    for k, name in enumerate(names):
+        seg_ms = None
+        if segment_sums[k] is not None:
+            seg_ms = (segment_sums[k] / np.maximum(segment_runs[k], 1)).tolist()
+        num_exits = len(seg_ms) if seg_ms is not None else 1
+        results[name] = _summary(latencies[k], predictions[k] == data.labels, exits[k], num_exits, seg_ms)
+    return results
+
+
+def _summary(latencies_ms: np.ndarray, correct: np.ndarray, exits: np.ndarray, num_exits: int, segment_ms: list[float] | None) -> Measurement:
     fractions = np.bincount(exits, minlength=num_exits) / len(exits)
     return Measurement(
         accuracy=float(correct.mean()),
@@ -37,45 +94,23 @@ def _summary(latencies_ms: np.ndarray, correct: np.ndarray, exits: np.ndarray, n
         p99_ms=float(np.percentile(latencies_ms, 99)),
         exit_fractions=fractions.tolist(),
         samples=len(correct),
+        segment_ms=segment_ms,
     )
 
 
-def measure_runtime(
-    runtime: Runtime,
-    data: Dataset,
-    thresholds: Sequence[float | None] | None = None,
-    warmup: int = 50,
-    progress: bool = True,
-    label: str = "chain",
-) -> Measurement:
-    """Batch 1, one sample after another, wall time around each `infer` call."""
-    images = np.ascontiguousarray(data.images, dtype=np.float32)
-    for i in range(min(warmup, len(images))):
-        runtime.infer(images[i : i + 1], thresholds)
-    latencies = np.empty(len(images))
-    predictions = np.empty(len(images), dtype=np.int64)
-    exits = np.empty(len(images), dtype=np.int64)
-    for i in tqdm(range(len(images)), desc=label, disable=not progress, leave=False):
-        start = time.perf_counter()
-        result = runtime.infer(images[i : i + 1], thresholds)
-        latencies[i] = (time.perf_counter() - start) * 1e3
-        predictions[i] = result.predictions[0]
-        exits[i] = result.exits[0]
-    return _summary(latencies, predictions == data.labels, exits, runtime.num_exits)
-
-
-def measure_throughput(runtime: Runtime, data: Dataset, batch_size: int = 64, thresholds: Sequence[float | None] | None = None) -> float:
+def measure_throughput(infer: Callable[[np.ndarray], Any], data: Dataset, batch_size: int = 64) -> float:
     """Samples per second at a fixed batch size over the whole dataset."""
     images = np.ascontiguousarray(data.images, dtype=np.float32)
-    runtime.infer(images[:batch_size], thresholds)
+    infer(images[:batch_size])
     start = time.perf_counter()
     for i in range(0, len(images), batch_size):
-        runtime.infer(images[i : i + batch_size], thresholds)
+        infer(images[i : i + batch_size])
     return len(images) / (time.perf_counter() - start)
 
 
 def segment_latencies(runtime: Runtime, data: Dataset, samples: int = 300, warmup: int = 30) -> list[float]:
-    """Median batch-1 latency of each segment alone, fed with its real input."""
+    """Median batch-1 latency of each segment alone, fed with its real input: a quick
+    cost estimate for choosing thresholds."""
     images = np.ascontiguousarray(data.images[:samples], dtype=np.float32)
     backend = runtime.backend
     medians = []
@@ -98,29 +133,13 @@ class StaticModel:
     """The monolithic model in one onnxruntime session with the runtime's session options."""
 
     def __init__(self, path: Path, backend: OnnxRuntimeBackend | None = None) -> None:
-        self.session = (backend or OnnxRuntimeBackend()).open_session(path)
+        backend = backend or OnnxRuntimeBackend()
+        self.session = backend.open_session(path)
+        self._run = backend.runner(self.session)  # the same call path as the chain's segments
         self.input_name = self.session.get_inputs()[0].name
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(["probs"], {self.input_name: images})[0]
+        return self._run(["probs"], {self.input_name: images}, None)[0]
 
-    def measure(self, data: Dataset, warmup: int = 50, progress: bool = True) -> Measurement:
-        images = np.ascontiguousarray(data.images, dtype=np.float32)
-        for i in range(min(warmup, len(images))):
-            self.predict(images[i : i + 1])
-        latencies = np.empty(len(images))
-        predictions = np.empty(len(images), dtype=np.int64)
-        for i in tqdm(range(len(images)), desc="static", disable=not progress, leave=False):
-            start = time.perf_counter()
-            probs = self.predict(images[i : i + 1])
-            latencies[i] = (time.perf_counter() - start) * 1e3
-            predictions[i] = probs[0].argmax()
-        return _summary(latencies, predictions == data.labels, np.zeros(len(images), dtype=np.int64), 1)
-
-    def throughput(self, data: Dataset, batch_size: int = 64) -> float:
-        images = np.ascontiguousarray(data.images, dtype=np.float32)
-        self.predict(images[:batch_size])
-        start = time.perf_counter()
-        for i in range(0, len(images), batch_size):
-            self.predict(images[i : i + batch_size])
-        return len(images) / (time.perf_counter() - start)
+    def config(self) -> Config:
+        return lambda image: (int(self.predict(image)[0].argmax()), 0, None)

@@ -180,3 +180,11 @@ def test_per_session_backend_in_a_fresh_process(built_dir: Path) -> None:
         "print(r.exits.tolist())\n"
     )
     assert fresh_process(code) == "[2, 2, 2, 2, 2]"
+
+
+def test_a_failing_segment_raises_backend_error_naming_it(loaded) -> None:
+    from edge.errors import BackendError
+
+    wrong = np.zeros((1, 3, 5, 5), dtype=np.float32)  # not what segment 1 takes
+    with pytest.raises(BackendError, match="segment 1"):
+        loaded.run(1, wrong)

@@ -21,7 +21,7 @@ TINY = TrainConfig(epochs=1, batch_size=64, progress=False)
 
 
 def test_quickstart_runs_end_to_end_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--data", "digits", "--out", str(tmp_path), "--epochs", "2", "--calibration-samples", "300", "--max-drop", "0.05"]
+    args = ["--data", "digits", "--arch", "resnet8", "--out", str(tmp_path), "--epochs", "2", "--calibration-samples", "300", "--max-drop", "0.05"]
     assert run_main(quickstart.main, args) == 0
     printed = capsys.readouterr().out
     assert "static model" in printed and "exit histogram" in printed

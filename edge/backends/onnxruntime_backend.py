@@ -12,12 +12,12 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from edge.backends.base import Backend, ExitOutput, Features
-from edge.errors import ManifestError
+from edge.errors import BackendError, ManifestError
 from edge.manifest import Manifest, SegmentInfo
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class OnnxRuntimeBackend(Backend):
         self.optimization = optimization
         self.providers = providers or ["CPUExecutionProvider"]
         self._sessions: list[Any] = []
+        self._runners: list[Callable[[list[str], dict[str, Any], Any], list[np.ndarray]]] = []
         self._feeds: list[str] = []
         self._fetches: list[list[str]] = []
 
@@ -97,8 +98,18 @@ class OnnxRuntimeBackend(Backend):
     def load(self, manifest: Manifest) -> None:
         options = self.session_options()
         self._sessions = [self.open_session(manifest.path_of(s.file), options) for s in manifest.segments]
+        self._runners = [self.runner(session) for session in self._sessions]
         self._feeds = [s.input.name for s in manifest.segments]
         self._fetches = [_fetch_names(s) for s in manifest.segments]
+
+    def runner(self, session: Any) -> Callable[[list[str], dict[str, Any], Any], list[np.ndarray]]:
+        """The session's run. On the CPU provider, the compiled session's own run: the Python
+        wrapper re-validates input names and handles GPU provider fallback on every call,
+        several microseconds per segment that a 0.1 ms segment notices."""
+        compiled = getattr(session, "_sess", None)
+        if self.providers == ["CPUExecutionProvider"] and compiled is not None:
+            return compiled.run  # type: ignore[no-any-return]
+        return session.run  # type: ignore[no-any-return]
 
     def open_session(self, path: Path, options: Any | None = None) -> Any:
         """An InferenceSession with this backend's options. Every session in a process that
@@ -115,7 +126,10 @@ class OnnxRuntimeBackend(Backend):
         return images
 
     def run(self, index: int, features: Features) -> ExitOutput:
-        outputs = self._sessions[index].run(self._fetches[index], {self._feeds[index]: features})
+        try:
+            outputs = self._runners[index](self._fetches[index], {self._feeds[index]: features}, None)
+        except Exception as exc:  # onnxruntime's errors are untyped
+            raise BackendError(f"segment {index} failed in onnxruntime: {exc}") from exc
         if len(outputs) == 3:
             return ExitOutput(outputs[0], outputs[1], outputs[2])
         return ExitOutput(None, outputs[0], outputs[1])
@@ -124,7 +138,7 @@ class OnnxRuntimeBackend(Backend):
         return np.ascontiguousarray(features[rows])
 
     def close(self) -> None:
-        self._sessions = []
+        self._sessions, self._runners = [], []
 
 
 def _fetch_names(segment: SegmentInfo) -> list[str]:
