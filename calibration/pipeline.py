@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,11 +33,12 @@ def backbone_spec(arch: str, data: Dataset, **kwargs: object) -> ModelSpec:
 
 def static_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, path: Path) -> BlockBackbone:
     """The backbone trained the normal way; reuses `path` if it holds a matching checkpoint."""
-    reused = _reusable(path, spec, cfg)
+    recipe = _recipe(cfg, "static")
+    reused = _reusable(path, spec, recipe, cfg.epochs)
     if reused is not None:
         return reused  # type: ignore[return-value]
     backbone = spec.build_backbone()
-    train_backbone(backbone, data, cfg, on_epoch=_saver(path, spec, backbone, cfg))
+    train_backbone(backbone, data, cfg, on_epoch=_saver(path, spec, backbone, recipe))
     return backbone
 
 
@@ -52,35 +54,48 @@ def multi_exit_model(
     """Exits trained on the frozen `static` backbone, or jointly from scratch."""
     if mode not in EXIT_MODES:
         raise ValueError(f"exit training must be one of {EXIT_MODES}, got {mode!r}")
-    reused = _reusable(path, spec, cfg, mode)
+    if mode == "frozen" and static is None:
+        raise ValueError("frozen exits need the trained static backbone")
+    # Frozen heads are only valid on the very backbone they were trained on.
+    recipe = _recipe(cfg, mode, static if mode == "frozen" else None)
+    reused = _reusable(path, spec, recipe, cfg.epochs)
     if reused is not None:
         return reused  # type: ignore[return-value]
     if mode == "frozen":
-        if static is None:
-            raise ValueError("frozen exits need the trained static backbone")
         net = MultiExitNetwork(copy.deepcopy(static), spec.split_points, HeadSpec.from_dict(spec.head))
-        train_exits_frozen(net, data, cfg, on_epoch=_saver(path, spec, net, cfg, mode))
+        train_exits_frozen(net, data, cfg, on_epoch=_saver(path, spec, net, recipe))
     else:
         net = spec.build()  # type: ignore[assignment]
-        train_joint(net, data, cfg, exit_weights, on_epoch=_saver(path, spec, net, cfg, mode))
+        train_joint(net, data, cfg, exit_weights, on_epoch=_saver(path, spec, net, recipe))
     return net
 
 
-def _training_meta(cfg: TrainConfig, mode: str, epochs_done: int) -> dict[str, object]:
-    return {"train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}, "mode": mode, "epochs_done": epochs_done}
+def _recipe(cfg: TrainConfig, mode: str, backbone: torch.nn.Module | None = None) -> dict[str, object]:
+    recipe: dict[str, object] = {"train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}, "mode": mode}
+    if backbone is not None:
+        recipe["backbone_sha256"] = weights_fingerprint(backbone)
+    return recipe
 
 
-def _saver(path: Path, spec: ModelSpec, model: torch.nn.Module, cfg: TrainConfig, mode: str = "static") -> Callable[[int], None]:
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _saver(path: Path, spec: ModelSpec, model: torch.nn.Module, recipe: dict[str, object]) -> Callable[[int], None]:
     """Checkpoint after every epoch, recording how far training got."""
-    return lambda epoch: save_checkpoint(path, spec, model, _training_meta(cfg, mode, epoch + 1))
+    return lambda epoch: save_checkpoint(path, spec, model, recipe | {"epochs_done": epoch + 1})
 
 
-def _reusable(path: Path, spec: ModelSpec, cfg: TrainConfig, mode: str = "static") -> torch.nn.Module | None:
+def _reusable(path: Path, spec: ModelSpec, recipe: dict[str, object], epochs: int) -> torch.nn.Module | None:
     """A finished checkpoint of exactly this model and training recipe, if `path` holds one."""
     if not path.is_file():
         return None
     saved, model, meta = load_checkpoint(path)
-    if saved != spec or meta != _training_meta(cfg, mode, cfg.epochs):
+    if saved != spec or meta != recipe | {"epochs_done": epochs}:
         log.info("%s is from another model or recipe (or unfinished): training again", path)
         return None
     log.info("reusing %s", path)

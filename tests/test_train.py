@@ -123,3 +123,20 @@ def test_exit_accuracy_counts_correct_predictions(digits: tuple[Dataset, Dataset
     with torch.no_grad():
         predictions = backbone.eval()(torch.from_numpy(test.images)).argmax(1).numpy()
     assert exit_accuracies(backbone, test, batch_size=97)[0] == pytest.approx(np.mean(predictions == test.labels))
+
+
+def test_frozen_checkpoint_is_retrained_when_its_backbone_changes(digits: tuple[Dataset, Dataset], tmp_path: Path) -> None:
+    train = digits[0].subset(slice(0, 128))
+    cfg = TrainConfig(epochs=1, batch_size=64, progress=False)
+    spec = pipeline.backbone_spec("resnet8", train, widths=[8, 8, 8])
+    static = spec.build_backbone()
+    spec.split_points = ["layer1"]
+    path = tmp_path / "frozen.pt"
+    pipeline.multi_exit_model(spec, "frozen", train, cfg, path, static=static)
+    stamp = path.stat().st_mtime_ns
+    pipeline.multi_exit_model(spec, "frozen", train, cfg, path, static=static)
+    assert path.stat().st_mtime_ns == stamp
+    with torch.no_grad():
+        next(static.parameters()).add_(1.0)
+    pipeline.multi_exit_model(spec, "frozen", train, cfg, path, static=static)
+    assert path.stat().st_mtime_ns != stamp, "heads trained on another backbone must not be reused"
