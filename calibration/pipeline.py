@@ -51,21 +51,22 @@ def multi_exit_model(
     static: BlockBackbone | None = None,
     exit_weights: Sequence[float] | None = None,
 ) -> MultiExitNetwork:
-    """Exits trained on the frozen `static` backbone, or jointly from scratch."""
+    """Exit heads on the trained `static` backbone: frozen (heads only), or joint (heads
+    and backbone fine-tuned together). Joint without a backbone trains from scratch."""
     if mode not in EXIT_MODES:
         raise ValueError(f"exit training must be one of {EXIT_MODES}, got {mode!r}")
     if mode == "frozen" and static is None:
         raise ValueError("frozen exits need the trained static backbone")
-    # Frozen heads are only valid on the very backbone they were trained on.
-    recipe = _recipe(cfg, mode, static if mode == "frozen" else None)
+    # Heads are only valid on the very backbone they started from.
+    recipe = _recipe(cfg, mode, static)
     reused = _reusable(path, spec, recipe, cfg.epochs)
     if reused is not None:
         return reused  # type: ignore[return-value]
+    backbone = copy.deepcopy(static) if static is not None else spec.build_backbone()
+    net = MultiExitNetwork(backbone, spec.split_points, HeadSpec.from_dict(spec.head))
     if mode == "frozen":
-        net = MultiExitNetwork(copy.deepcopy(static), spec.split_points, HeadSpec.from_dict(spec.head))
         train_exits_frozen(net, data, cfg, on_epoch=_saver(path, spec, net, recipe))
     else:
-        net = spec.build()  # type: ignore[assignment]
         train_joint(net, data, cfg, exit_weights, on_epoch=_saver(path, spec, net, recipe))
     return net
 

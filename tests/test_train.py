@@ -140,3 +140,18 @@ def test_frozen_checkpoint_is_retrained_when_its_backbone_changes(digits: tuple[
         next(static.parameters()).add_(1.0)
     pipeline.multi_exit_model(spec, "frozen", train, cfg, path, static=static)
     assert path.stat().st_mtime_ns != stamp, "heads trained on another backbone must not be reused"
+
+
+def test_joint_exits_fine_tune_a_copy_of_the_static_backbone(digits: tuple[Dataset, Dataset], tmp_path: Path) -> None:
+    train = digits[0].subset(slice(0, 128))
+    spec = pipeline.backbone_spec("resnet8", train, widths=[8, 8, 8])
+    static = spec.build_backbone()
+    before = state(static)
+    spec.split_points = ["layer1"]
+    still = TrainConfig(epochs=1, batch_size=64, lr=1e-12, weight_decay=0.0, progress=False)
+    net = pipeline.multi_exit_model(spec, "joint", train, still, tmp_path / "joint.pt", static=static)
+    for name, tensor in static.state_dict().items():
+        assert torch.equal(tensor, before[name]), f"the static model itself must stay untouched: {name}"
+    for name, tensor in net.backbone.state_dict().items():
+        if tensor.is_floating_point() and "running" not in name:
+            assert torch.allclose(tensor, before[name], atol=1e-6), f"joint training must start from the static weights: {name}"
