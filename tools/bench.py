@@ -39,7 +39,7 @@ class ModelRecipe:
     train_samples: int
     epochs: int  # the static backbone's
     exit_epochs: int = 1  # frozen heads, or joint fine-tuning from the static backbone
-    joint_lr: float = 0.02
+    joint_lr: float = 0.05
 
 
 MODELS = {

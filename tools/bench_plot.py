@@ -25,6 +25,7 @@ def plot_bench(report: dict[str, Any], path: Path) -> None:
             ax.scatter([full["mean_ms"]], [100 * full["accuracy"]], marker="s", color=color, label=f"{mode} chain, full depth")
             ax.scatter([p["predicted_mean_ms"] for p in points], [100 * p["accuracy"] for p in points], marker="x", color=color, alpha=0.6, label=f"{mode} predicted")
         ax.axhline(100 * static["accuracy"] - 0.5, color="grey", linestyle=":", label="static - 0.5 points")
+        ax.axvline(0.75 * static["mean_ms"], color="grey", linestyle="--", linewidth=0.8, label="0.75 x static latency")
         ax.set_title(f"{name} on {report['dataset']} ({report['test_samples']} test images)")
         ax.set_xlabel("mean latency per image, batch 1 (ms)")
         ax.set_ylabel("accuracy (%)")
