@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     static_net = pipeline.static_model(spec, train, cfg, out / "static.pt")
     exit_spec = pipeline.backbone_spec(args.arch, train)
     exit_spec.split_points = args.splits.split(",")
-    joint_cfg = dataclasses.replace(cfg, epochs=1, lr=0.02)  # fine-tune the static backbone with its exits
+    joint_cfg = dataclasses.replace(cfg, epochs=1, lr=0.05)  # fine-tune the static backbone with its exits
     net = pipeline.multi_exit_model(exit_spec, "joint", train, joint_cfg, out / "multi_exit.pt", static=static_net)
 
     manifest = pipeline.build(net, train, out / "engines", f"{args.arch}-{args.data}", static=static_net)
