@@ -9,8 +9,7 @@ without a training loop.
 onnxruntime caveat: once a backend with shared threads exists, the process runs on
 onnxruntime's global thread pool and a session created with default options fails.
 The reference sessions the tests open themselves therefore go through
-`reference_session`, and the exports (which run onnxruntime checks) are all made in
-fixtures set up before the first test, so no test depends on the order tests run in.
+`reference_session` (the exporter's own checks use the backend's `open_session`).
 """
 
 from __future__ import annotations
@@ -42,21 +41,6 @@ POINTS = [
     OperatingPoint("eager", [1e9, 1e9]),
     OperatingPoint("late", [None, 1e9]),
 ]
-# Fixtures that export and check engines; made before any test runs (see module docstring).
-_EXPORT_FIXTURES = ("built", "temperature_export", "export_check_results")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _export_before_any_runtime(request: pytest.FixtureRequest) -> None:
-    """Build the exported artifacts before any test can create a Runtime."""
-    wanted: set[str] = set()
-    for item in request.session.items:
-        wanted.update(getattr(item, "fixturenames", ()))
-    for name in _EXPORT_FIXTURES:
-        if name in wanted:
-            request.getfixturevalue(name)
-
-
 # --- data --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
