@@ -2,7 +2,8 @@
 
 After each exit, samples whose score passes that exit's threshold leave the batch and
 the next segment runs only on the rest; results come back in input order. Batch 1,
-the common case on a device, takes a path with no index bookkeeping.
+the common case on a device, takes a path with no index bookkeeping. A switched-off
+exit (threshold None) is not computed at all: its segment runs as a trunk.
 """
 
 from __future__ import annotations
@@ -80,10 +81,14 @@ class Runtime:
     def _infer_one(self, image: np.ndarray, limits: list[float]) -> tuple[np.ndarray, np.ndarray, list[float]]:
         segment_ms = [0.0] * self.num_exits
         features = self.backend.upload(image)
-        run = self.backend.run
+        run, advance = self.backend.run, self.backend.advance
         last = self.num_exits - 1
         for k, limit in enumerate(limits):
             t0 = time.perf_counter()
+            if limit == NEVER:
+                features = advance(k, features)
+                segment_ms[k] = (time.perf_counter() - t0) * 1e3
+                continue
             features, probs, scores = run(k, features)
             segment_ms[k] = (time.perf_counter() - t0) * 1e3
             if k == last or float(scores[0]) <= limit:  # compared in float64; NaN exits only at the end
@@ -100,6 +105,10 @@ class Runtime:
         last = self.num_exits - 1
         for k, limit in enumerate(limits):
             t0 = time.perf_counter()
+            if limit == NEVER:
+                features = self.backend.advance(k, features)
+                segment_ms[k] = (time.perf_counter() - t0) * 1e3
+                continue
             features, probs, scores = self.backend.run(k, features)
             segment_ms[k] = (time.perf_counter() - t0) * 1e3
             leave = np.ones(len(remaining), dtype=bool) if k == last else scores <= np.float64(limit)

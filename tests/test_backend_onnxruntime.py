@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 from conftest import INPUT_SHAPE, reference_session, run_named
 from edge.backends import BACKENDS, Backend, ExitOutput, create_backend
+from edge.backends.onnx_prune import prune_to_outputs
 from edge.backends.onnxruntime_backend import OnnxRuntimeBackend, online_cores
-from edge.errors import ManifestError
+from edge.errors import BackendError, ManifestError
 
 SPINNING = "session.intra_op.allow_spinning"
 
@@ -188,3 +191,41 @@ def test_a_failing_segment_raises_backend_error_naming_it(loaded) -> None:
     wrong = np.zeros((1, 3, 5, 5), dtype=np.float32)  # not what segment 1 takes
     with pytest.raises(BackendError, match="segment 1"):
         loaded.run(1, wrong)
+
+
+def test_advance_hands_on_the_same_features_as_run(loaded, built, real_images) -> None:
+    manifest, _ = built
+    features = loaded.upload(np.ascontiguousarray(real_images[:5]))
+    for k in range(len(manifest.segments) - 1):
+        out = loaded.run(k, features)
+        trunk = loaded.advance(k, features)
+        assert isinstance(trunk, np.ndarray)
+        np.testing.assert_array_equal(trunk, out.features)
+        features = out.features
+    with pytest.raises(BackendError, match="segment 1 \\(exit off\\)"):
+        loaded.advance(1, np.zeros((1, 3, 5, 5), dtype=np.float32))
+
+
+def test_without_trunks_advance_runs_the_whole_segment(built, real_images) -> None:
+    manifest, _ = built
+    backend = OnnxRuntimeBackend(trunks=False)
+    backend.load(manifest)
+    x = np.ascontiguousarray(real_images[:3])
+    np.testing.assert_array_equal(backend.advance(0, x), backend.run(0, x).features)
+
+
+def test_pruned_segment_keeps_the_body_and_drops_the_exit_head(built) -> None:
+    manifest, folder = built
+    info = manifest.segments[0]
+    model = onnx.load(str(folder / info.file))
+    nodes_before = len(model.graph.node)
+    trunk = prune_to_outputs(model, [info.features_output])
+    ops, trunk_ops = Counter(n.op_type for n in model.graph.node), Counter(n.op_type for n in trunk.graph.node)
+    assert [o.name for o in trunk.graph.output] == [info.features_output]
+    assert trunk_ops["Conv"] == ops["Conv"] > 0
+    assert ops["Gemm"] >= 1 and trunk_ops["Gemm"] == 0
+    assert len(trunk.graph.initializer) < len(model.graph.initializer)
+    onnx.checker.check_model(trunk)
+    assert len(model.graph.node) == nodes_before  # the source model is left as it was
+    with pytest.raises(ValueError, match="no output"):
+        prune_to_outputs(model, ["logits"])

@@ -22,6 +22,7 @@ def report() -> dict[str, object]:
     variant = {
         "segment_ms": [0.1, 0.1, 0.1],
         "full_depth": point(0.9, 0.33, None, [0.0, 0.0, 1.0]),
+        "exits_evaluated": point(0.9, 0.36, -1.0, [0.0, 0.0, 1.0]),
         "sweep": [point(0.9, 0.3, 0.1, [0.1, 0.1, 0.8]), point(0.85, 0.2, 0.5, [0.5, 0.2, 0.3])],
         "calibrated": point(0.89, 0.25, 0.3, [0.3, 0.2, 0.5]),
         "oracle_mean_ms": 0.15,
@@ -44,3 +45,5 @@ def test_summary_prints_ratios_against_static(capsys: pytest.CaptureFixture[str]
     assert "== tiny: static 90.00% 0.320 ms/img" in out
     assert "(0.78x)" in out  # calibrated 0.25 ms / static 0.32 ms
     assert "calibrated H<=0.3" in out and "oracle 0.150 ms" in out
+    assert "full depth, exits off acc 90.00%  mean 0.330 ms (1.03x)" in out
+    assert "exits computed, none taken acc 90.00%  mean 0.360 ms (1.12x)" in out

@@ -190,6 +190,10 @@ class RecordingBackend(OnnxRuntimeBackend):
         self.calls.append((index, np.array(features, copy=True)))
         return super().run(index, features)
 
+    def advance(self, index, features):
+        self.calls.append((-1 - index, np.array(features, copy=True)))  # negative: exit off
+        return super().advance(index, features)
+
 
 def test_later_segments_run_only_on_samples_still_in_the_batch(built_dir, reference: Reference, real_images) -> None:
     backend = RecordingBackend()
@@ -212,6 +216,22 @@ def test_later_segments_run_only_on_samples_still_in_the_batch(built_dir, refere
     everything_exits = rt.infer(real_images, thresholds=[1e9, 1e9])
     assert [index for index, _ in backend.calls] == [0]
     assert np.all(everything_exits.exits == 0)
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_switched_off_exits_are_not_computed(built_dir, reference: Reference, real_images, batch: int) -> None:
+    backend = RecordingBackend()
+    rt = Runtime(built_dir, backend=backend)
+    x = np.ascontiguousarray(real_images[:batch])
+    thresholds = [None, threshold_between(reference.run(real_images)[1][1], 0.5)]
+    result = rt.infer(x, thresholds=thresholds)
+    exits, probs = reference.expect(x, thresholds)
+    assert [index for index, _ in backend.calls][:2] == [-1, 1]  # segment 0 ran as a trunk
+    np.testing.assert_array_equal(result.exits, exits)
+    np.testing.assert_allclose(result.probabilities, probs, rtol=0, atol=1e-5)
+    backend.calls.clear()
+    rt.infer(x, thresholds=[None, None])
+    assert [index for index, _ in backend.calls] == [-1, -2, 2]
 
 
 @pytest.mark.parametrize("batch", [1, 7])

@@ -49,6 +49,7 @@ MODELS = {
 }
 SPLITS = ["layer1", "layer2"]
 THRESHOLDS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.8, 1.1]
+NONE_PASS = -1.0  # below any entropy: every exit is computed and none is taken
 
 
 @dataclass
@@ -146,7 +147,8 @@ def measure_model(
 
 def variant_points(v: Variant, thresholds: list[float]) -> dict[str, list[float | None]]:
     early = v.runtime.num_exits - 1
-    points: dict[str, list[float | None]] = {"full": [None] * early}
+    # "full": exits switched off (segments run as trunks); "evaluated": exits computed, none taken.
+    points: dict[str, list[float | None]] = {"full": [None] * early, "evaluated": [NONE_PASS] * early}
     points |= {f"H<={t}": [t] * early for t in thresholds}
     if v.calibrated is not None:
         points["calibrated"] = [v.calibrated] * early
@@ -154,14 +156,14 @@ def variant_points(v: Variant, thresholds: list[float]) -> dict[str, list[float 
 
 
 def variant_report(v: Variant, measured: dict[str, Measurement], thresholds: list[float], test: Dataset) -> dict[str, Any]:
-    full = measured[f"{v.mode}/full"]
-    segment_ms = full.segment_ms or []  # every segment ran for every image at full depth
+    # Every segment ran, exit included, for every image: the cost a threshold point pays per segment.
+    segment_ms = measured[f"{v.mode}/evaluated"].segment_ms or []
 
-    def point(label: str, t: list[float | None]) -> dict[str, Any]:
+    def point(label: str, t: list[float | None], costs: list[float] = segment_ms) -> dict[str, Any]:
         m = measured[f"{v.mode}/{label}"]
         return m.to_dict() | {
             "threshold": t[0],
-            "predicted_mean_ms": predicted_latency(m.reach_fractions, segment_ms),
+            "predicted_mean_ms": predicted_latency(m.reach_fractions, costs),
             "throughput_b64": measure_throughput(lambda x: v.runtime.infer(x, t), test),
         }
 
@@ -169,7 +171,8 @@ def variant_report(v: Variant, measured: dict[str, Measurement], thresholds: lis
     table = exit_table(v.net, test)
     return {
         "segment_ms": segment_ms,
-        "full_depth": point("full", points["full"]),
+        "full_depth": point("full", points["full"], measured[f"{v.mode}/full"].segment_ms or []),
+        "exits_evaluated": point("evaluated", points["evaluated"]),
         "sweep": [point(f"H<={t}", points[f"H<={t}"]) for t in thresholds],
         "calibrated": point("calibrated", points["calibrated"]) if "calibrated" in points else None,
         "oracle_mean_ms": predicted_latency(oracle_reach(table), segment_ms),
@@ -182,14 +185,14 @@ def print_summary(report: dict[str, Any]) -> None:
         static = model["static"]
         print(f"\n== {name}: static {static['accuracy']:.2%} {static['mean_ms']:.3f} ms/img (batch 1), {static['throughput_b64']:.0f} img/s (batch 64)")
         for mode, v in model["variants"].items():
-            rows = [("full depth", v["full_depth"])] + [(f"H<={p['threshold']}", p) for p in v["sweep"]]
+            rows = [("full depth, exits off", v["full_depth"]), ("exits computed, none taken", v["exits_evaluated"])] + [(f"H<={p['threshold']}", p) for p in v["sweep"]]
             if v["calibrated"]:
                 rows.append((f"calibrated H<={v['calibrated']['threshold']}", v["calibrated"]))
             segments = ", ".join(f"{ms:.3f}" for ms in v["segment_ms"])
             print(f"  {mode} exits: per-exit accuracy {', '.join(f'{a:.1%}' for a in v['exit_accuracy'])}; segments {segments} ms; oracle {v['oracle_mean_ms']:.3f} ms")
             for label, p in rows:
                 print(
-                    f"    {label:>24} acc {p['accuracy']:.2%}  mean {p['mean_ms']:.3f} ms ({p['mean_ms'] / static['mean_ms']:.2f}x)"
+                    f"    {label:>28} acc {p['accuracy']:.2%}  mean {p['mean_ms']:.3f} ms ({p['mean_ms'] / static['mean_ms']:.2f}x)"
                     f"  predicted {p['predicted_mean_ms']:.3f} ({p['mean_ms'] / p['predicted_mean_ms'] - 1:+.1%})"
                     f"  p50 {p['p50_ms']:.3f}  p99 {p['p99_ms']:.3f}  b64 {p['throughput_b64']:.0f}/s"
                     f"  exits {', '.join(f'{f:.0%}' for f in p['exit_fractions'])}"

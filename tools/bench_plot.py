@@ -22,7 +22,10 @@ def plot_bench(report: dict[str, Any], path: Path) -> None:
             line = ax.plot([p["mean_ms"] for p in points], [100 * p["accuracy"] for p in points], marker="o", label=f"{mode} exits (entropy sweep)")
             color = line[0].get_color()
             full = v["full_depth"]
-            ax.scatter([full["mean_ms"]], [100 * full["accuracy"]], marker="s", color=color, label=f"{mode} chain, full depth")
+            ax.scatter([full["mean_ms"]], [100 * full["accuracy"]], marker="s", color=color, label=f"{mode} chain, full depth (exits off)")
+            if "exits_evaluated" in v:
+                evaluated = v["exits_evaluated"]
+                ax.scatter([evaluated["mean_ms"]], [100 * evaluated["accuracy"]], marker="D", facecolors="none", edgecolors=color, label=f"{mode} chain, exits computed, none taken")
             ax.scatter([p["predicted_mean_ms"] for p in points], [100 * p["accuracy"] for p in points], marker="x", color=color, alpha=0.6, label=f"{mode} predicted")
         ax.axhline(100 * static["accuracy"] - 0.5, color="grey", linestyle=":", label="static - 0.5 points")
         ax.axvline(0.75 * static["mean_ms"], color="grey", linestyle="--", linewidth=0.8, label="0.75 x static latency")

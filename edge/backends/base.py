@@ -41,6 +41,11 @@ class Backend(ABC):
     def run(self, index: int, features: Features) -> ExitOutput:
         """Run segment `index` on `features`."""
 
+    def advance(self, index: int, features: Features) -> Features:
+        """Run segment `index` with its exit switched off: only the features it hands on.
+        Backends that can skip the exit head (a pruned engine) override this."""
+        return self.run(index, features).features
+
     @abstractmethod
     def take(self, features: Features, rows: np.ndarray) -> Features:
         """Keep only `rows` (int indices) of a feature batch, where the features live."""

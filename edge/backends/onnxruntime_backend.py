@@ -4,6 +4,11 @@ Measured on a 2-core machine: with default threading every session keeps its own
 spinning pool and a chain of sessions ran 2-6.5x slower than one static model. So the
 sessions share one process-wide pool (or, where that is already taken, use their own
 pools with spinning off).
+
+Each segment but the last also gets a trunk session, its graph pruned to the features
+output, for operating points that switch its exit off: onnxruntime runs every node of
+a session whatever is fetched, so only a pruned graph skips the exit head. Trunks copy
+their segment's weights; `trunks=False` saves that memory.
 """
 
 from __future__ import annotations
@@ -61,13 +66,16 @@ class OnnxRuntimeBackend(Backend):
         spinning: bool = False,
         optimization: str = "all",
         providers: list[Any] | None = None,
+        trunks: bool = True,
     ) -> None:
         self.threads = threads or online_cores()
         self.shared_threads = shared_threads
         self.spinning = spinning
         self.optimization = optimization
         self.providers = providers or ["CPUExecutionProvider"]
+        self.trunks = trunks
         self._sessions: list[Any] = []
+        self._trunk_runners: list[Callable[[list[str], dict[str, Any], Any], list[np.ndarray]]] = []
         self._runners: list[Callable[[list[str], dict[str, Any], Any], list[np.ndarray]]] = []
         self._feeds: list[str] = []
         self._fetches: list[list[str]] = []
@@ -101,6 +109,21 @@ class OnnxRuntimeBackend(Backend):
         self._runners = [self.runner(session) for session in self._sessions]
         self._feeds = [s.input.name for s in manifest.segments]
         self._fetches = [_fetch_names(s) for s in manifest.segments]
+        if self.trunks:
+            trunks = [self._trunk_session(manifest.path_of(s.file), s, options) for s in manifest.segments[:-1]]
+            self._trunk_runners = [self.runner(session) for session in trunks]
+
+    def _trunk_session(self, path: Path, segment: SegmentInfo, options: Any) -> Any:
+        import onnx
+        import onnxruntime as ort
+
+        from edge.backends.onnx_prune import prune_to_outputs
+
+        try:
+            trunk = prune_to_outputs(onnx.load(str(path)), [segment.features_output])  # type: ignore[list-item]
+            return ort.InferenceSession(trunk.SerializeToString(), sess_options=options, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ManifestError(f"{path}: onnxruntime cannot load this engine without its exit ({exc})") from exc
 
     def runner(self, session: Any) -> Callable[[list[str], dict[str, Any], Any], list[np.ndarray]]:
         """The session's run. On the CPU provider, the compiled session's own run: the Python
@@ -134,11 +157,19 @@ class OnnxRuntimeBackend(Backend):
             return ExitOutput(outputs[0], outputs[1], outputs[2])
         return ExitOutput(None, outputs[0], outputs[1])
 
+    def advance(self, index: int, features: Features) -> Features:
+        if not self._trunk_runners:
+            return super().advance(index, features)
+        try:
+            return self._trunk_runners[index](self._fetches[index][:1], {self._feeds[index]: features}, None)[0]
+        except Exception as exc:  # onnxruntime's errors are untyped
+            raise BackendError(f"segment {index} (exit off) failed in onnxruntime: {exc}") from exc
+
     def take(self, features: Features, rows: np.ndarray) -> Features:
         return np.ascontiguousarray(features[rows])
 
     def close(self) -> None:
-        self._sessions, self._runners = [], []
+        self._sessions, self._runners, self._trunk_runners = [], [], []
 
 
 def _fetch_names(segment: SegmentInfo) -> list[str]:
