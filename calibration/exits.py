@@ -6,45 +6,84 @@ runtime itself really stops (it never computes the exits it does not reach).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from calibration.data import Dataset, iterate_batches
+from calibration.temperature import softmax
 from engines.partition import MultiExitNetwork
 
 
 @dataclass(frozen=True)
 class ExitTable:
-    """predictions and entropies of every exit (K, N), and the labels (N,)."""
+    """predictions and entropies of every exit (K, N), and the labels (N,); `scores`
+    holds the other criteria's scores (K, N), lower = more confident."""
 
     predictions: np.ndarray
     entropies: np.ndarray
     labels: np.ndarray
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_exits(self) -> int:
         return self.predictions.shape[0]
 
+    @property
+    def criteria(self) -> list[str]:
+        return ["entropy", *self.scores]
+
+    def score(self, criterion: str) -> np.ndarray:
+        if criterion == "entropy":
+            return self.entropies
+        if criterion not in self.scores:
+            raise KeyError(f"no {criterion!r} scores in this table; it has {self.criteria}")
+        return self.scores[criterion]
+
+    def subset(self, rows: np.ndarray) -> "ExitTable":
+        return ExitTable(
+            self.predictions[:, rows], self.entropies[:, rows], self.labels[rows],
+            {c: v[:, rows] for c, v in self.scores.items()},
+        )
+
 
 @torch.no_grad()
-def exit_table(net: MultiExitNetwork, data: Dataset, batch_size: int = 500) -> ExitTable:
+def exit_logits(net: MultiExitNetwork, data: Dataset, batch_size: int = 500) -> list[np.ndarray]:
+    """Every exit's logits (N, classes) on `data`, in exit order."""
     net.eval()
-    preds, ents = [], []
+    chunks: list[list[np.ndarray]] = [[] for _ in range(net.num_exits)]
     for images, _ in iterate_batches(data, batch_size):
-        logits = net(torch.from_numpy(images))
-        log_probs = [torch.log_softmax(z, dim=1) for z in logits]
-        preds.append(np.stack([lp.argmax(1).numpy() for lp in log_probs]))
-        ents.append(np.stack([-(lp.exp() * lp).sum(1).numpy() for lp in log_probs]))
-    return ExitTable(np.concatenate(preds, axis=1), np.concatenate(ents, axis=1), data.labels)
+        for k, z in enumerate(net(torch.from_numpy(images))):
+            chunks[k].append(z.numpy())
+    return [np.concatenate(c) for c in chunks]
 
 
-def exits_taken(table: ExitTable, thresholds: Sequence[float | None]) -> np.ndarray:
-    """Index of the first exit whose entropy passes its threshold (the final one otherwise)."""
+def table_from_logits(
+    logits: Sequence[np.ndarray], labels: np.ndarray, temperatures: Sequence[float] | None = None,
+    gate_scores: np.ndarray | None = None,
+) -> ExitTable:
+    """Scores as the engines compute them: softmax(logits / T) per exit. `gate_scores`
+    (K-1, N) are the early exits' gate scores, if gates were trained."""
+    temperatures = list(temperatures) if temperatures is not None else [1.0] * len(logits)
+    probs = [softmax(z, t) for z, t in zip(logits, temperatures)]
+    predictions = np.stack([p.argmax(axis=1) for p in probs])
+    entropies = np.stack([-(p * np.log(np.maximum(p, 1e-30))).sum(axis=1) for p in probs])
+    scores = {"maxprob": np.stack([1.0 - p.max(axis=1) for p in probs])}
+    if gate_scores is not None:
+        scores["gate"] = np.concatenate([gate_scores, np.zeros((1, len(labels)))])  # the final exit takes all anyway
+    return ExitTable(predictions, entropies, np.asarray(labels), scores)
+
+
+def exit_table(net: MultiExitNetwork, data: Dataset, batch_size: int = 500, temperatures: Sequence[float] | None = None) -> ExitTable:
+    return table_from_logits(exit_logits(net, data, batch_size), data.labels, temperatures)
+
+
+def exits_taken(table: ExitTable, thresholds: Sequence[float | None], criterion: str = "entropy") -> np.ndarray:
+    """Index of the first exit whose score passes its threshold (the final one otherwise)."""
     limits = np.array([-np.inf if t is None else t for t in thresholds] + [np.inf])
-    passed = table.entropies <= limits[:, None]
+    passed = table.score(criterion) <= limits[:, None]
     return passed.argmax(axis=0)
 
 
@@ -55,8 +94,8 @@ class Outcome:
     reach_fractions: list[float]  # fraction of samples that run each segment
 
 
-def outcome(table: ExitTable, thresholds: Sequence[float | None]) -> Outcome:
-    taken = exits_taken(table, thresholds)
+def outcome(table: ExitTable, thresholds: Sequence[float | None], criterion: str = "entropy") -> Outcome:
+    taken = exits_taken(table, thresholds, criterion)
     chosen = table.predictions[taken, np.arange(len(taken))]
     fractions = np.bincount(taken, minlength=table.num_exits) / len(taken)
     reach = 1.0 - np.concatenate([[0.0], np.cumsum(fractions)[:-1]])

@@ -14,7 +14,7 @@ import torch
 
 from calibration.data import Dataset
 from calibration.exits import ExitTable, choose_uniform_threshold, exit_table
-from calibration.train import TrainConfig, train_backbone, train_exits_frozen, train_joint
+from calibration.train import Distillation, TrainConfig, train_backbone, train_exits_frozen, train_joint
 from edge.manifest import MANIFEST_NAME, Manifest, OperatingPoint, load_manifest, save_manifest
 from engines.backbone import BlockBackbone
 from engines.build import BuildOptions, build_engines
@@ -50,6 +50,7 @@ def multi_exit_model(
     path: Path,
     static: BlockBackbone | None = None,
     exit_weights: Sequence[float] | None = None,
+    distill: Distillation | None = None,
 ) -> MultiExitNetwork:
     """Exit heads on the trained `static` backbone: frozen (heads only), or joint (heads
     and backbone fine-tuned together). Joint without a backbone trains from scratch."""
@@ -59,15 +60,17 @@ def multi_exit_model(
         raise ValueError("frozen exits need the trained static backbone")
     # Heads are only valid on the very backbone they started from.
     recipe = _recipe(cfg, mode, static)
+    if distill is not None:  # only when used: older checkpoints keep matching their recipe
+        recipe["distill"] = dataclasses.asdict(distill)
     reused = _reusable(path, spec, recipe, cfg.epochs)
     if reused is not None:
         return reused  # type: ignore[return-value]
     backbone = copy.deepcopy(static) if static is not None else spec.build_backbone()
     net = MultiExitNetwork(backbone, spec.split_points, HeadSpec.from_dict(spec.head))
     if mode == "frozen":
-        train_exits_frozen(net, data, cfg, on_epoch=_saver(path, spec, net, recipe))
+        train_exits_frozen(net, data, cfg, on_epoch=_saver(path, spec, net, recipe), distill=distill)
     else:
-        train_joint(net, data, cfg, exit_weights, on_epoch=_saver(path, spec, net, recipe))
+        train_joint(net, data, cfg, exit_weights, on_epoch=_saver(path, spec, net, recipe), distill=distill)
     return net
 
 

@@ -3,6 +3,8 @@
 Frozen (seed 000): the backbone is fixed (BN statistics too) and each exit head learns
 by cross-entropy on the features it sees. Joint (BranchyNet, Shallow-Deep Networks):
 the weighted sum of every exit's cross-entropy trains heads and backbone together.
+Either can add self-distillation (seed 001): each early exit also matches the final
+exit's softened probabilities (KL at a temperature), the final exit being the teacher.
 """
 
 from __future__ import annotations
@@ -37,6 +39,24 @@ class TrainConfig:
     progress: bool = True
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Early-exit loss = (1 - weight) * CE + weight * T^2 * KL(final_T || exit_T)."""
+
+    weight: float = 0.5
+    temperature: float = 3.0
+
+
+def exit_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None, distill: Distillation | None) -> torch.Tensor:
+    """One early exit's loss; `teacher` is the final exit's logits (no gradient flows into it)."""
+    ce = F.cross_entropy(logits, labels)
+    if distill is None or teacher is None:
+        return ce
+    t = distill.temperature
+    kl = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher.detach() / t, dim=1), log_target=True, reduction="batchmean")
+    return (1.0 - distill.weight) * ce + distill.weight * t * t * kl
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -52,18 +72,24 @@ def train_backbone(model: nn.Module, data: Dataset, cfg: TrainConfig, on_epoch: 
     return _fit(model, list(model.parameters()), data, cfg, lambda x, y: F.cross_entropy(model(x), y), "backbone", on_epoch)
 
 
-def train_exits_frozen(net: MultiExitNetwork, data: Dataset, cfg: TrainConfig, on_epoch: EpochHook | None = None) -> list[float]:
+def train_exits_frozen(
+    net: MultiExitNetwork, data: Dataset, cfg: TrainConfig, on_epoch: EpochHook | None = None, distill: Distillation | None = None,
+) -> list[float]:
     """Exit heads only, on a frozen backbone whose BN layers stay in eval mode."""
     for p in net.backbone_parameters():
         p.requires_grad_(False)
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         net.backbone.eval()  # frozen BN statistics, whatever _fit set
-        total = x.new_zeros(())
-        for k, segment in enumerate(net.segments[:-1]):
-            with torch.no_grad():
+        features = []
+        with torch.no_grad():
+            for segment in net.segments[:-1]:
                 x = segment.body(x)
-            total = total + F.cross_entropy(net.exit_heads[k](x), y)
+                features.append(x)
+            teacher = net.segments[-1](x)[1] if distill is not None else None
+        total = x.new_zeros(())
+        for k, f in enumerate(features):
+            total = total + exit_loss(net.exit_heads[k](f), y, teacher, distill)
         return total
 
     try:
@@ -79,14 +105,21 @@ def train_joint(
     cfg: TrainConfig,
     exit_weights: Sequence[float] | None = None,
     on_epoch: EpochHook | None = None,
+    distill: Distillation | None = None,
 ) -> list[float]:
-    """Backbone and heads together: loss = sum_k w_k * CE(exit_k)."""
+    """Backbone and heads together: loss = sum_k w_k * loss(exit_k), the final exit by
+    cross-entropy, the early ones also distilled from it when `distill` is given."""
     weights = list(exit_weights) if exit_weights is not None else [1.0] * net.num_exits
     if len(weights) != net.num_exits:
         raise ValueError(f"need {net.num_exits} exit weights, got {len(weights)}")
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return sum((w * F.cross_entropy(logits, y) for w, logits in zip(weights, net(x))), x.new_zeros(()))
+        outputs = net(x)
+        final = outputs[-1]
+        total = weights[-1] * F.cross_entropy(final, y)
+        for w, logits in zip(weights[:-1], outputs[:-1]):
+            total = total + w * exit_loss(logits, y, final, distill)
+        return total
 
     return _fit(net, list(net.parameters()), data, cfg, loss, "joint", on_epoch)
 

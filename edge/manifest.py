@@ -37,9 +37,22 @@ class SegmentInfo:
     input: TensorInfo
     features_output: str | None  # None for the last segment
     probs_output: str
-    score_output: str
+    score_output: str  # the entropy: the default criterion's score
     exit_index: int
     outputs: list[TensorInfo] = field(default_factory=list)
+    score_outputs: dict[str, str] = field(default_factory=dict)  # criterion -> output; lower = more confident
+
+    def score_of(self, criterion: str) -> str:
+        if criterion == "entropy" and "entropy" not in self.score_outputs:
+            return self.score_output
+        try:
+            return self.score_outputs[criterion]
+        except KeyError:
+            raise ManifestError(f"{self.name} has no {criterion!r} score; it has {sorted(self.criteria)}") from None
+
+    @property
+    def criteria(self) -> set[str]:
+        return {"entropy", *self.score_outputs}
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,7 @@ class Manifest:
     batch: dict[str, int]
     build: dict[str, Any]
     static_model: dict[str, str] | None = None
+    profile: dict[str, Any] | None = None  # latencies measured on the device (calibration.latency)
     schema_version: int = SCHEMA_VERSION
     root: Path = Path(".")
 
@@ -106,6 +120,7 @@ class Manifest:
             "batch": self.batch,
             "build": self.build,
             "static_model": self.static_model,
+            "profile": self.profile,
         }
 
 
@@ -173,6 +188,7 @@ def _parse(data: Any, path: Path) -> Manifest:
             batch={k: int(v) for k, v in data["batch"].items()},
             build=dict(data["build"]),
             static_model=_parse_file_entry(data.get("static_model")),
+            profile=_parse_profile(data.get("profile")),
             schema_version=version,
             root=path.parent,
         )
@@ -184,6 +200,12 @@ def _parse_file_entry(entry: Any) -> dict[str, str] | None:
     if entry is None:
         return None
     return {"file": _text(entry["file"], "file"), "sha256": _text(entry["sha256"], "sha256")}
+
+
+def _parse_profile(entry: Any) -> dict[str, Any] | None:
+    if entry is not None and not isinstance(entry, dict):
+        raise TypeError(f"'profile' must be an object, got {type(entry).__name__}")
+    return entry
 
 
 def _text(value: Any, key: str) -> str:
@@ -199,6 +221,7 @@ def _parse_segment(s: dict[str, Any]) -> SegmentInfo:
         features_output=s["features_output"], probs_output=s["probs_output"],
         score_output=s["score_output"], exit_index=int(s["exit_index"]),
         outputs=[TensorInfo(**o) for o in s.get("outputs", [])],
+        score_outputs={str(k): _text(v, "score_outputs") for k, v in s.get("score_outputs", {}).items()},
     )
 
 
@@ -229,6 +252,9 @@ def _check_consistency(m: Manifest, path: Path) -> None:
             )
         if any(t is not None and math.isnan(t) for t in point.thresholds):
             raise ManifestError(f"{path}: operating point {point.name!r} has a NaN threshold")
+        lacking = [s.name for s in m.segments[:-1] if point.criterion not in s.criteria]
+        if lacking:
+            raise ManifestError(f"{path}: operating point {point.name!r} uses criterion {point.criterion!r}, which {', '.join(lacking)} do(es) not output")
     m.point(m.default_operating_point)
 
 
@@ -241,6 +267,7 @@ def _segment_dict(s: SegmentInfo) -> dict[str, Any]:
         "name": s.name, "file": s.file, "sha256": s.sha256, "input": _tensor_dict(s.input),
         "outputs": [_tensor_dict(o) for o in s.outputs], "features_output": s.features_output,
         "probs_output": s.probs_output, "score_output": s.score_output, "exit_index": s.exit_index,
+        "score_outputs": s.score_outputs,
     }
 
 

@@ -23,7 +23,7 @@ from edge.manifest import Manifest, load_manifest
 NEVER = -math.inf  # a threshold no entropy passes: the exit is never taken
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs microseconds per call
 class InferenceResult:
     """Per-sample arrays in input order, and what the batch cost."""
 
@@ -51,6 +51,7 @@ class Runtime:
         self._input_shape = tuple(self.manifest.input.shape[1:])
         self._max_batch = self.manifest.batch.get("max", 0)
         self.num_exits = self.manifest.num_exits
+        self._exit_ids = [_read_only(np.array([k])) for k in range(self.num_exits)]  # batch-1 results share these
         self._point = self._resolve(operating_point or self.manifest.default_operating_point)
 
     @property
@@ -61,41 +62,53 @@ class Runtime:
         """Switch between requests: one reference swap, so a running call keeps its point."""
         self._point = self._resolve(name)
 
-    def _resolve(self, name: str) -> tuple[str, list[float]]:
-        return name, exit_limits(self.manifest.point(name).thresholds)
+    @property
+    def criterion(self) -> str:
+        return self._point[2]
 
-    def infer(self, images: np.ndarray, thresholds: Sequence[float | None] | None = None) -> InferenceResult:
-        """Classify a (n, C, H, W) float32 batch; `thresholds` overrides the operating point's."""
+    def _resolve(self, name: str) -> tuple[str, list[float], str]:
+        point = self.manifest.point(name)
+        return name, exit_limits(point.thresholds), point.criterion
+
+    def infer(
+        self, images: np.ndarray, thresholds: Sequence[float | None] | None = None, criterion: str | None = None,
+    ) -> InferenceResult:
+        """Classify a (n, C, H, W) float32 batch. `thresholds` (and `criterion`) override
+        the operating point's."""
         self.check_input(images)
-        name, limits = self._point
+        name, limits, point_criterion = self._point
         if thresholds is not None:
             name, limits = "custom", self._custom_thresholds(thresholds)
+        if criterion is not None and criterion != point_criterion:
+            name, point_criterion = "custom", self._check_criterion(criterion)
         start = time.perf_counter()
         if len(images) == 1:
-            probs, exits, segment_ms = self._infer_one(images, limits)
+            probs, exits, segment_ms = self._infer_one(images, limits, point_criterion)
         else:
-            probs, exits, segment_ms = self._infer_batch(images, limits)
+            probs, exits, segment_ms = self._infer_batch(images, limits, point_criterion)
         total_ms = (time.perf_counter() - start) * 1e3
         return InferenceResult(probs.argmax(axis=1), probs, exits, segment_ms, total_ms, name)
 
-    def _infer_one(self, image: np.ndarray, limits: list[float]) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    def _infer_one(self, image: np.ndarray, limits: list[float], criterion: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
         segment_ms = [0.0] * self.num_exits
         features = self.backend.upload(image)
-        run, advance = self.backend.run, self.backend.advance
+        run, advance, clock = self.backend.run, self.backend.advance, time.perf_counter
         last = self.num_exits - 1
+        before = clock()
         for k, limit in enumerate(limits):
-            t0 = time.perf_counter()
             if limit == NEVER:
                 features = advance(k, features)
-                segment_ms[k] = (time.perf_counter() - t0) * 1e3
+                now = clock()
+                segment_ms[k], before = (now - before) * 1e3, now
                 continue
-            features, probs, scores = run(k, features)
-            segment_ms[k] = (time.perf_counter() - t0) * 1e3
+            features, probs, scores = run(k, features, criterion if k != last else "entropy")
+            now = clock()
+            segment_ms[k], before = (now - before) * 1e3, now
             if k == last or float(scores[0]) <= limit:  # compared in float64; NaN exits only at the end
-                return probs, np.array([k]), segment_ms
+                return probs, self._exit_ids[k], segment_ms
         raise AssertionError("unreachable: the final exit always returns")
 
-    def _infer_batch(self, images: np.ndarray, limits: list[float]) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    def _infer_batch(self, images: np.ndarray, limits: list[float], criterion: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
         n = len(images)
         all_probs = np.empty((n, len(self.manifest.classes)), dtype=np.float32)
         exits = np.empty(n, dtype=np.int64)
@@ -109,7 +122,7 @@ class Runtime:
                 features = self.backend.advance(k, features)
                 segment_ms[k] = (time.perf_counter() - t0) * 1e3
                 continue
-            features, probs, scores = self.backend.run(k, features)
+            features, probs, scores = self.backend.run(k, features, criterion if k != last else "entropy")
             segment_ms[k] = (time.perf_counter() - t0) * 1e3
             leave = np.ones(len(remaining), dtype=bool) if k == last else scores <= np.float64(limit)
             all_probs[remaining[leave]] = probs[leave]
@@ -143,8 +156,19 @@ class Runtime:
             raise InputError(f"need {self.num_exits - 1} thresholds (one per early exit), got {len(thresholds)}")
         return exit_limits(thresholds)
 
+    def _check_criterion(self, criterion: str) -> str:
+        lacking = [s.name for s in self.manifest.segments[:-1] if criterion not in s.criteria]
+        if lacking:
+            raise InputError(f"criterion {criterion!r} is not in the engines ({', '.join(lacking)} lack it)")
+        return criterion
+
     def close(self) -> None:
         self.backend.close()
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
 
 
 def exit_limits(thresholds: Sequence[float | None]) -> list[float]:

@@ -21,8 +21,8 @@ from edge.manifest import (
     MANIFEST_NAME, ExitInfo, Manifest, OperatingPoint, SegmentInfo, TensorInfo, save_manifest,
 )
 from engines.export import (
-    ENTROPY, FEATURES, PROBS, ExportableSegment, ExportableStatic, ExportedGraph,
-    export_segments, export_static, max_abs_diff_vs_torch,
+    CRITERIA, ENTROPY, FEATURES, PROBS, ExportableSegment, ExportableStatic, ExportedGraph,
+    export_segments, export_static, exportable_segments, max_abs_diff_vs_torch,
 )
 from engines.partition import MultiExitNetwork
 
@@ -50,29 +50,36 @@ def build_engines(
     points: Sequence[OperatingPoint] = (),
     options: BuildOptions = BuildOptions(),
     static_backbone: torch.nn.Module | None = None,
+    temperatures: Sequence[float] | None = None,
+    gates: Sequence[torch.nn.Module] | None = None,
 ) -> Manifest:
-    """Export, verify and describe every segment; returns the manifest written to out_dir."""
+    """Export, verify and describe every segment; returns the manifest written to out_dir.
+    `temperatures` (one per exit) scale the logits in the graph; `gates` (one per early
+    exit) add the learned-gate score."""
     out_dir = Path(out_dir)
     net = net.eval()
     example = torch.from_numpy(real_inputs[:2].astype(np.float32))
-    graphs = export_segments(net, out_dir, example)
-    check_segments(net, graphs, real_inputs, options.random_check_batches)
+    graphs = export_segments(net, out_dir, example, temperatures, gates)
+    check_segments(net, exportable_segments(net, temperatures, gates), graphs, real_inputs, options.random_check_batches)
     static = None
     if options.include_static:
         backbone = static_backbone if static_backbone is not None else net.backbone
         graph = export_static(backbone, out_dir / "static.onnx", example)
         _check(ExportableStatic(backbone), graph, _check_batches(real_inputs, options.random_check_batches))
         static = {"file": graph.path.name, "sha256": sha256_file(graph.path)}
-    manifest = describe(net, graphs, classes, points, options, static, out_dir)
+    manifest = describe(net, graphs, classes, points, options, static, out_dir, temperatures)
     save_manifest(manifest, out_dir / MANIFEST_NAME)
     return manifest
 
 
-def check_segments(net: MultiExitNetwork, graphs: Sequence[ExportedGraph], real_inputs: np.ndarray, random_batches: int) -> None:
+def check_segments(
+    net: MultiExitNetwork, wrapped: Sequence[ExportableSegment], graphs: Sequence[ExportedGraph],
+    real_inputs: np.ndarray, random_batches: int,
+) -> None:
     """Each engine fed with the previous torch segment's features must match torch."""
     batches = _check_batches(real_inputs, random_batches)
-    for segment, graph in zip(net.segments, graphs):
-        _check(ExportableSegment(segment), graph, batches)
+    for segment, module, graph in zip(net.segments, wrapped, graphs):
+        _check(module, graph, batches)
         with torch.no_grad():
             batches = [segment(torch.from_numpy(b))[0].numpy() for b in batches]
 
@@ -98,10 +105,12 @@ def describe(
     options: BuildOptions,
     static: dict[str, str] | None,
     out_dir: Path,
+    temperatures: Sequence[float] | None = None,
 ) -> Manifest:
     backbone = net.backbone
     segments = [_segment_info(k, g) for k, g in enumerate(graphs)]
-    exits = [ExitInfo(k, name) for k, name in enumerate(net.exit_names())]
+    temps = list(temperatures) if temperatures is not None else [1.0] * net.num_exits
+    exits = [ExitInfo(k, name, temperature=float(t)) for k, (name, t) in enumerate(zip(net.exit_names(), temps))]
     points = list(points) or [OperatingPoint("full", [None] * (net.num_exits - 1))]
     return Manifest(
         name=options.name,
@@ -130,6 +139,7 @@ def _segment_info(index: int, graph: ExportedGraph) -> SegmentInfo:
         features_output=FEATURES if FEATURES in names else None,
         probs_output=PROBS,
         score_output=ENTROPY,
+        score_outputs={c: c for c in CRITERIA if c in names},
         exit_index=index,
         outputs=[TensorInfo(o.name, o.shape) for o in graph.outputs],
     )

@@ -1,8 +1,12 @@
 """Export each segment to its own ONNX file and check it against torch.
 
-Every exported segment ends in its exit's softmax and entropy, so the runtime reads a
-ready score and never computes a softmax in Python (per-exit Python cost decides
-whether early exits pay off on a small network).
+Every exported segment ends in its exit's softmax and its exit scores, so the runtime
+reads a ready score and never computes a softmax in Python (per-exit Python cost
+decides whether early exits pay off on a small network). Every score is "lower is more
+confident": a sample leaves when its score <= the exit's threshold.
+  entropy  softmax entropy in nats
+  maxprob  1 - the largest probability
+  gate     1 - a learned gate's exit probability (only where a gate was trained)
 """
 
 from __future__ import annotations
@@ -19,36 +23,43 @@ from edge.atomic import atomic_path
 from engines.partition import MultiExitNetwork, Segment
 
 OPSET = 18  # what TensorRT 10.3 (JetPack 6.1) parses; the dynamo exporter's floor
-FEATURES, PROBS, ENTROPY = "features", "probs", "entropy"
+FEATURES, PROBS, ENTROPY, MAXPROB, GATE = "features", "probs", "entropy", "maxprob", "gate"
+CRITERIA = (ENTROPY, MAXPROB, GATE)
 
 
 class ExitScores(nn.Module):
-    """Logits -> (probabilities, softmax entropy in nats), with a temperature."""
+    """Logits -> (probabilities, entropy in nats, 1 - max probability), with a temperature."""
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
-    def forward(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         log_probs = torch.log_softmax(logits / self.temperature, dim=1)
         probs = log_probs.exp()
-        return probs, -(probs * log_probs).sum(dim=1)
+        return probs, -(probs * log_probs).sum(dim=1), 1.0 - probs.amax(dim=1)
 
 
 class ExportableSegment(nn.Module):
-    """A segment as exported: (features, probs, entropy), or (probs, entropy) when final."""
+    """A segment as exported: (features, probs, entropy, maxprob[, gate]), without
+    features when final. `gate` maps (features, probs) to the exit probability."""
 
-    def __init__(self, segment: Segment, temperature: float = 1.0) -> None:
+    def __init__(self, segment: Segment, temperature: float = 1.0, gate: nn.Module | None = None) -> None:
         super().__init__()
         self.segment = segment
         self.scores = ExitScores(temperature)
+        self.gate = gate
+
+    def output_names(self) -> list[str]:
+        names = [PROBS, ENTROPY, MAXPROB] + ([GATE] if self.gate is not None else [])
+        return names if self.segment.is_final else [FEATURES, *names]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features, logits = self.segment(x)
-        probs, entropy = self.scores(logits)
-        if self.segment.is_final:
-            return probs, entropy
-        return features, probs, entropy
+        outputs: tuple[torch.Tensor, ...] = self.scores(logits)
+        if self.gate is not None:
+            outputs += (1.0 - self.gate(features, outputs[0]),)
+        return outputs if self.segment.is_final else (features, *outputs)
 
 
 class ExportableStatic(nn.Module):
@@ -60,7 +71,8 @@ class ExportableStatic(nn.Module):
         self.scores = ExitScores()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.scores(self.backbone(x))
+        probs, entropy, _ = self.scores(self.backbone(x))
+        return probs, entropy
 
 
 @dataclass(frozen=True)
@@ -109,19 +121,37 @@ def segment_input_name(index: int) -> str:
     return "input" if index == 0 else "features_in"
 
 
-def export_segments(net: MultiExitNetwork, out_dir: Path, example: torch.Tensor, temperatures: Sequence[float] | None = None) -> list[ExportedGraph]:
-    """segment_{k}.onnx for every segment, each fed by the previous one's features."""
-    net = net.eval()
-    temperatures = list(temperatures) if temperatures is not None else [1.0] * net.num_exits
+def export_segments(
+    net: MultiExitNetwork,
+    out_dir: Path,
+    example: torch.Tensor,
+    temperatures: Sequence[float] | None = None,
+    gates: Sequence[nn.Module] | None = None,
+) -> list[ExportedGraph]:
+    """segment_{k}.onnx for every segment, each fed by the previous one's features.
+    `gates`, if given, has one gate per early exit."""
+    wrapped = exportable_segments(net, temperatures, gates)
     exported = []
     x = example
-    for k, segment in enumerate(net.segments):
-        names = [PROBS, ENTROPY] if segment.is_final else [FEATURES, PROBS, ENTROPY]
-        wrapped = ExportableSegment(segment, temperatures[k])
-        exported.append(export_module(wrapped, x, out_dir / f"segment_{k}.onnx", segment_input_name(k), names))
+    for k, (segment, module) in enumerate(zip(net.segments, wrapped)):
+        path = out_dir / f"segment_{k}.onnx"
+        exported.append(export_module(module, x, path, segment_input_name(k), module.output_names()))
         with torch.no_grad():
             x = segment(x)[0]
     return exported
+
+
+def exportable_segments(
+    net: MultiExitNetwork, temperatures: Sequence[float] | None = None, gates: Sequence[nn.Module] | None = None,
+) -> list[ExportableSegment]:
+    net = net.eval()
+    temperatures = list(temperatures) if temperatures is not None else [1.0] * net.num_exits
+    if len(temperatures) != net.num_exits:
+        raise ValueError(f"need {net.num_exits} temperatures (one per exit), got {len(temperatures)}")
+    if gates is not None and len(gates) != net.num_exits - 1:
+        raise ValueError(f"need {net.num_exits - 1} gates (one per early exit), got {len(gates)}")
+    gate_of = list(gates) + [None] if gates is not None else [None] * net.num_exits
+    return [ExportableSegment(s, t, g) for s, t, g in zip(net.segments, temperatures, gate_of)]
 
 
 def export_static(backbone: nn.Module, path: Path, example: torch.Tensor) -> ExportedGraph:

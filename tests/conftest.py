@@ -175,7 +175,7 @@ def temperature_export(tmp_path_factory: pytest.TempPathFactory, digits_test):
 
     Returns (torch segment, ExportedGraph).
     """
-    from engines.export import ENTROPY, FEATURES, PROBS, ExportableSegment, export_module
+    from engines.export import ExportableSegment, export_module
     from engines.heads import HeadSpec
 
     torch.manual_seed(1)
@@ -187,7 +187,8 @@ def temperature_export(tmp_path_factory: pytest.TempPathFactory, digits_test):
     segment = variant.segments[0]
     out = tmp_path_factory.mktemp("temperature") / "segment_0_t2.onnx"
     example = torch.from_numpy(digits_test.images[:3])
-    graph = export_module(ExportableSegment(segment, TEMPERATURE), example, out, "input", [FEATURES, PROBS, ENTROPY])
+    wrapped = ExportableSegment(segment, TEMPERATURE)
+    graph = export_module(wrapped, example, out, "input", wrapped.output_names())
     return segment, graph
 
 
@@ -197,7 +198,7 @@ def export_check_results(built, net, digits_test) -> dict[str, Any]:
     import copy
 
     from engines.build import ExportMismatchError, check_segments
-    from engines.export import ExportableSegment, ExportedGraph, TensorSpec, max_abs_diff_vs_torch
+    from engines.export import ExportableSegment, ExportedGraph, TensorSpec, exportable_segments, max_abs_diff_vs_torch
 
     manifest, folder = built
     graphs = [
@@ -216,9 +217,9 @@ def export_check_results(built, net, digits_test) -> dict[str, Any]:
     with torch.no_grad():
         perturbed.exit_heads[1][-1].bias[3] += 0.5  # only exit 1 (segment_1) changes
     try:
-        check_segments(perturbed, graphs, real, 1)
+        check_segments(perturbed, exportable_segments(perturbed), graphs, real, 1)
         mismatch: Exception | None = None
     except ExportMismatchError as exc:
         mismatch = exc
-    check_segments(net, graphs, real, 1)  # the real net passes (raises otherwise)
+    check_segments(net, exportable_segments(net), graphs, real, 1)  # the real net passes (raises otherwise)
     return {"diffs": diffs, "mismatch": mismatch}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import INPUT_SHAPE, MAX_BATCH, TEMPERATURE, reference_session, run_named
-from engines.export import ENTROPY, FEATURES, PROBS, ExportableSegment
+from engines.export import ENTROPY, FEATURES, MAXPROB, PROBS, ExportableSegment
 
 TOL = 1e-4
 
@@ -50,9 +50,11 @@ def test_each_segment_matches_torch(net, sessions, inputs, batch: int) -> None:
     x = np.ascontiguousarray(inputs[3 : 3 + batch])
     for k, (segment, session, feed) in enumerate(zip(net.segments, sessions, torch_inputs_per_segment(net, x))):
         got = run_named(session, feed)
+        wrapped = ExportableSegment(segment)
         with torch.no_grad():
-            expected = ExportableSegment(segment)(torch.from_numpy(feed))
-        names = [PROBS, ENTROPY] if segment.is_final else [FEATURES, PROBS, ENTROPY]
+            expected = wrapped(torch.from_numpy(feed))
+        names = [PROBS, ENTROPY, MAXPROB] if segment.is_final else [FEATURES, PROBS, ENTROPY, MAXPROB]
+        assert wrapped.output_names() == names
         assert sorted(got) == sorted(names), f"segment {k} outputs"
         for name, tensor in zip(names, expected):
             assert got[name].shape == tuple(tensor.shape) and got[name].shape[0] == batch

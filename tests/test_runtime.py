@@ -186,9 +186,9 @@ class RecordingBackend(OnnxRuntimeBackend):
         super().__init__()
         self.calls: list[tuple[int, np.ndarray]] = []
 
-    def run(self, index, features):
+    def run(self, index, features, criterion="entropy"):
         self.calls.append((index, np.array(features, copy=True)))
-        return super().run(index, features)
+        return super().run(index, features, criterion)
 
     def advance(self, index, features):
         self.calls.append((-1 - index, np.array(features, copy=True)))  # negative: exit off

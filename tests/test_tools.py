@@ -14,7 +14,7 @@ from calibration.data import load_digits
 from calibration.train import TrainConfig
 from edge.manifest import load_manifest
 from edge.runtime import Runtime
-from tools import build_engines, quickstart
+from tools import build_engines, calibrate, quickstart
 from tools._cli import run_main
 
 TINY = TrainConfig(epochs=1, batch_size=64, progress=False)
@@ -115,3 +115,41 @@ def test_every_module_imports_without_optional_extras() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_calibrate_end_to_end_on_digits(exit_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "--checkpoint", str(exit_checkpoint / "frozen.pt"), "--static", str(exit_checkpoint / "static.pt"),
+        "--data", "digits", "--out", str(tmp_path), "--profile-calls", "60", "--budget-ms", "0.0001",
+    ]
+    assert run_main(calibrate.main, args) == 0
+    printed = capsys.readouterr().out
+    assert "budget query: no operating point meets 0.000 ms" in printed
+    report = json.loads((tmp_path / "calibration.json").read_text())
+    manifest = load_manifest(tmp_path / "engines")
+    assert manifest.profile is not None and manifest.profile["1"]["model"]["segment_ms"][0] > 0
+    names = {p.name for p in manifest.operating_points}
+    assert {"full", "entropy-balanced", "maxprob-balanced", "gate-balanced", "gate-budget"} <= names
+    for point in manifest.operating_points:
+        m = point.measured
+        assert 0.0 <= m["accuracy"] <= 1.0 and m["mean_ms"] > 0 and m["p99_ms"] >= m["mean_ms"] * 0.5
+        assert m["predicted_mean_ms"] > 0
+    assert len(report["temperatures"]) == 2 and all(row["temperature"] > 0 for row in report["temperatures"])
+    assert report["budget"]["met"] is False
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runtime = Runtime(manifest, operating_point="gate-balanced")
+    assert runtime.criterion == "gate"
+    result = runtime.infer(load_digits("test").images[:20])
+    assert result.operating_point == "gate-balanced" and result.probabilities.shape == (20, 10)
+
+
+def test_budget_answer_picks_the_most_accurate_point_within_budget() -> None:
+    points = [
+        {"name": "a", "mean_ms": 1.0, "accuracy": 0.9},
+        {"name": "b", "mean_ms": 0.5, "accuracy": 0.85},
+        {"name": "c", "mean_ms": 0.4, "accuracy": 0.8},
+    ]
+    answer = calibrate.budget_answer(0.6, points)
+    assert answer["met"] and answer["point"] == "b"
+    assert not calibrate.budget_answer(0.3, points)["met"]
+    assert "the fastest, c, measured 0.400 ms" in calibrate.budget_answer(0.3, points)["message"]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from calibration import pipeline
 from calibration.data import Dataset, load_digits
-from calibration.train import TrainConfig, exit_accuracies, random_shift, train_backbone, train_exits_frozen, train_joint
+from calibration.train import (
+    Distillation, TrainConfig, exit_accuracies, exit_loss, random_shift, train_backbone, train_exits_frozen, train_joint,
+)
 from engines.partition import MultiExitNetwork
 from engines.registry import create_backbone
 
@@ -155,3 +159,43 @@ def test_joint_exits_fine_tune_a_copy_of_the_static_backbone(digits: tuple[Datas
     for name, tensor in net.backbone.state_dict().items():
         if tensor.is_floating_point() and "running" not in name:
             assert torch.allclose(tensor, before[name], atol=1e-6), f"joint training must start from the static weights: {name}"
+
+
+def test_exit_loss_distillation_by_hand() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    teacher = torch.tensor([[0.5, 1.5, 0.0]])
+    labels = torch.tensor([1])
+    d = Distillation(weight=0.25, temperature=2.0)
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    p_teacher = torch.softmax(teacher / 2, dim=1)
+    kl = (p_teacher * (p_teacher.log() - torch.log_softmax(logits / 2, dim=1))).sum()
+    expected = 0.75 * ce + 0.25 * 4.0 * kl
+    assert exit_loss(logits, labels, teacher, d).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert exit_loss(logits, labels, teacher, None).item() == pytest.approx(ce.item())
+    assert exit_loss(teacher, labels, teacher, Distillation(weight=1.0)).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "joint"])
+def test_distillation_pulls_early_exits_toward_the_final_one(digits: tuple[Dataset, Dataset], mode: str) -> None:
+    """Early exits trained with distillation sit closer (KL at T=2, on test images) to
+    the final exit than exits trained on labels alone."""
+    train, test = digits
+    backbone = tiny_backbone()
+    train_backbone(backbone, train, FAST)
+
+    def divergence(net: MultiExitNetwork) -> float:
+        with torch.no_grad():
+            outputs = net(torch.from_numpy(test.images))
+        teacher = torch.log_softmax(outputs[-1] / 2, dim=1)
+        kls = [F.kl_div(torch.log_softmax(z / 2, dim=1), teacher, log_target=True, reduction="batchmean") for z in outputs[:-1]]
+        return float(sum(kls))
+
+    results = {}
+    for distill in (None, Distillation(weight=0.9, temperature=2.0)):
+        net = MultiExitNetwork(copy.deepcopy(backbone), ["layer1", "layer2"])
+        if mode == "frozen":
+            train_exits_frozen(net, train, FAST, distill=distill)
+        else:
+            train_joint(net, train, FAST, distill=distill)
+        results[distill is not None] = divergence(net)
+    assert results[True] < 0.95 * results[False], results

@@ -21,7 +21,7 @@ Features = Any  # backend-owned; the runtime only hands it back
 class ExitOutput(NamedTuple):
     features: Features | None  # None after the last segment
     probs: np.ndarray  # host, (n, classes) float32
-    scores: np.ndarray  # host, (n,) float32: the exit's confidence score (entropy)
+    scores: np.ndarray  # host, (n,) float32: the exit's score under the asked criterion (lower = more confident)
 
 
 class Backend(ABC):
@@ -38,8 +38,8 @@ class Backend(ABC):
         """Host images (already validated) -> the first segment's input."""
 
     @abstractmethod
-    def run(self, index: int, features: Features) -> ExitOutput:
-        """Run segment `index` on `features`."""
+    def run(self, index: int, features: Features, criterion: str = "entropy") -> ExitOutput:
+        """Run segment `index` on `features`; `scores` are the named criterion's."""
 
     def advance(self, index: int, features: Features) -> Features:
         """Run segment `index` with its exit switched off: only the features it hands on.

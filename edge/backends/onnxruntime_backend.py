@@ -78,7 +78,8 @@ class OnnxRuntimeBackend(Backend):
         self._trunk_runners: list[Callable[[list[str], dict[str, Any], Any], list[np.ndarray]]] = []
         self._runners: list[Callable[[list[str], dict[str, Any], Any], list[np.ndarray]]] = []
         self._feeds: list[str] = []
-        self._fetches: list[list[str]] = []
+        self._fetches: list[dict[str, list[str]]] = []  # per segment: criterion -> output names
+        self._trunk_fetches: list[list[str]] = []
 
     def session_options(self) -> Any:
         import onnxruntime as ort
@@ -108,7 +109,8 @@ class OnnxRuntimeBackend(Backend):
         self._sessions = [self.open_session(manifest.path_of(s.file), options) for s in manifest.segments]
         self._runners = [self.runner(session) for session in self._sessions]
         self._feeds = [s.input.name for s in manifest.segments]
-        self._fetches = [_fetch_names(s) for s in manifest.segments]
+        self._fetches = [{c: _fetch_names(s, c) for c in s.criteria} for s in manifest.segments]
+        self._trunk_fetches = [[s.features_output] for s in manifest.segments[:-1]]
         if self.trunks:
             trunks = [self._trunk_session(manifest.path_of(s.file), s, options) for s in manifest.segments[:-1]]
             self._trunk_runners = [self.runner(session) for session in trunks]
@@ -148,9 +150,13 @@ class OnnxRuntimeBackend(Backend):
     def upload(self, images: np.ndarray) -> Features:
         return images
 
-    def run(self, index: int, features: Features) -> ExitOutput:
+    def run(self, index: int, features: Features, criterion: str = "entropy") -> ExitOutput:
         try:
-            outputs = self._runners[index](self._fetches[index], {self._feeds[index]: features}, None)
+            fetch = self._fetches[index][criterion]
+        except KeyError:
+            raise BackendError(f"segment {index} has no {criterion!r} score; it has {sorted(self._fetches[index])}") from None
+        try:
+            outputs = self._runners[index](fetch, {self._feeds[index]: features}, None)
         except Exception as exc:  # onnxruntime's errors are untyped
             raise BackendError(f"segment {index} failed in onnxruntime: {exc}") from exc
         if len(outputs) == 3:
@@ -161,7 +167,7 @@ class OnnxRuntimeBackend(Backend):
         if not self._trunk_runners:
             return super().advance(index, features)
         try:
-            return self._trunk_runners[index](self._fetches[index][:1], {self._feeds[index]: features}, None)[0]
+            return self._trunk_runners[index](self._trunk_fetches[index], {self._feeds[index]: features}, None)[0]
         except Exception as exc:  # onnxruntime's errors are untyped
             raise BackendError(f"segment {index} (exit off) failed in onnxruntime: {exc}") from exc
 
@@ -172,6 +178,6 @@ class OnnxRuntimeBackend(Backend):
         self._sessions, self._runners, self._trunk_runners = [], [], []
 
 
-def _fetch_names(segment: SegmentInfo) -> list[str]:
-    names = [segment.probs_output, segment.score_output]
+def _fetch_names(segment: SegmentInfo, criterion: str) -> list[str]:
+    names = [segment.probs_output, segment.score_of(criterion)]
     return [segment.features_output, *names] if segment.features_output else names

@@ -1,0 +1,73 @@
+"""INT8 engines for the CPU: static QDQ quantization of each segment with onnxruntime.
+
+Only the convolutions are quantized (weights per channel, activations per tensor,
+ranges from calibration data that each segment really sees: the fp32 chain's features
+on calibration images). Exit heads stay fp32, so the exit scores that thresholds were
+chosen on keep their precision.
+
+onnxruntime's calibrator opens sessions with default threading, which a process that
+already runs on the shared thread pool refuses; so quantization runs in a fresh child
+process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edge.atomic import atomic_path
+
+ACTIVATION_TYPES = ("uint8", "int8")
+
+
+@dataclass(frozen=True)
+class QuantJob:
+    source: Path
+    target: Path
+    input_name: str
+    calibration: np.ndarray  # the segment's real inputs
+    activation: str = "uint8"
+    batch: int = 32
+
+
+def quantize_segments(jobs: Sequence[QuantJob]) -> None:
+    """Write every job's INT8 engine; raises RuntimeError naming the segment that failed."""
+    for job in jobs:
+        if job.activation not in ACTIVATION_TYPES:
+            raise ValueError(f"activation type must be one of {ACTIVATION_TYPES}, got {job.activation!r}")
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        for job, error in zip(jobs, pool.map(_quantize_one, jobs)):
+            if error:
+                raise RuntimeError(f"{job.source}: INT8 quantization failed: {error}")
+
+
+def _quantize_one(job: QuantJob) -> str:
+    """Runs in the child process; returns an error message, or "" on success."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._batches = iter(
+                    {job.input_name: np.ascontiguousarray(job.calibration[i : i + job.batch])}
+                    for i in range(0, len(job.calibration), job.batch)
+                )
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self._batches, None)
+
+        activation = QuantType.QUInt8 if job.activation == "uint8" else QuantType.QInt8
+        with atomic_path(job.target) as tmp:
+            quantize_static(
+                str(job.source), str(tmp), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                per_channel=True, activation_type=activation, weight_type=QuantType.QInt8,
+            )
+        return ""
+    except Exception as exc:  # reported in the parent with the segment's name
+        return f"{type(exc).__name__}: {exc}"
+
