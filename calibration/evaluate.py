@@ -46,9 +46,11 @@ class Measurement:
         return [1.0 - sum(self.exit_fractions[:k]) for k in range(len(self.exit_fractions))]
 
 
-def runtime_config(runtime: Runtime, thresholds: Sequence[float | None] | None = None, criterion: str | None = None) -> Config:
+def runtime_config(
+    runtime: Runtime, thresholds: Sequence[float | None] | None = None, criterion: str | None = None, precision: str | None = None,
+) -> Config:
     def run(image: np.ndarray) -> tuple[int, int, Sequence[float]]:
-        result = runtime.infer(image, thresholds, criterion)
+        result = runtime.infer(image, thresholds, criterion, precision)
         return int(result.predictions[0]), int(result.exits[0]), result.segment_ms
 
     return run

@@ -75,7 +75,7 @@ class BatchProfile:
 
 def profile_runtime(
     runtime: Runtime, images: np.ndarray, batch_sizes: Sequence[int] = (1,), calls: int = 400, warmup: int = 50,
-    criterion: str | None = None, progress: bool = True,
+    criterion: str | None = None, progress: bool = True, precision: str | None = None,
 ) -> dict[int, BatchProfile]:
     """Time every segment, with its exit and as a trunk, through the real runtime."""
     images = np.ascontiguousarray(images, dtype=np.float32)
@@ -85,8 +85,8 @@ def profile_runtime(
         if batch > len(images):
             raise ValueError(f"batch {batch} needs at least {batch} images, got {len(images)}")
         starts = np.arange(calls) * batch % (len(images) - batch + 1)
-        evaluated = _time_calls(runtime, images, starts, batch, [NONE_PASS] * early, criterion, warmup, progress)
-        trunks = _time_calls(runtime, images, starts, batch, [None] * early, criterion, warmup, progress)
+        evaluated = _time_calls(runtime, images, starts, batch, [NONE_PASS] * early, criterion, precision, warmup, progress)
+        trunks = _time_calls(runtime, images, starts, batch, [None] * early, criterion, precision, warmup, progress)
         walls, segments = evaluated
         overhead = float(np.mean(walls - segments.sum(axis=1)))
         segment_timings = [Timing.of(segments[:, k]) for k in range(runtime.num_exits)]
@@ -98,17 +98,17 @@ def profile_runtime(
 
 def _time_calls(
     runtime: Runtime, images: np.ndarray, starts: np.ndarray, batch: int, thresholds: list[float | None],
-    criterion: str | None, warmup: int, progress: bool,
+    criterion: str | None, precision: str | None, warmup: int, progress: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Wall time of each call and its per-segment times, in ms."""
     for s in starts[:warmup]:
-        runtime.infer(images[s : s + batch], thresholds, criterion)
+        runtime.infer(images[s : s + batch], thresholds, criterion, precision)
     walls = np.empty(len(starts))
     segments = np.empty((len(starts), runtime.num_exits))
     label = "exits computed" if thresholds and thresholds[0] is not None else "exits off"
     for i, s in enumerate(tqdm(starts, desc=f"profile batch {batch}, {label}", disable=not progress, leave=False)):
         t0 = time.perf_counter()
-        result = runtime.infer(images[s : s + batch], thresholds, criterion)
+        result = runtime.infer(images[s : s + batch], thresholds, criterion, precision)
         walls[i] = (time.perf_counter() - t0) * 1e3
         segments[i] = result.segment_ms
     return walls, segments

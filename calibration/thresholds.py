@@ -29,6 +29,7 @@ class Plan:
     predicted_ms: float
     exit_fractions: list[float]
     feasible: bool  # False: nothing met the target; this is the closest found
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,9 @@ def candidates(scores: np.ndarray, count: int = 40) -> list[float | None]:
     return [None, *(float(q) for q in qs)]
 
 
-def search_thresholds(table: ExitTable, criterion: str, model: LatencyModel, target: Target, count: int = 40) -> Plan:
+def search_thresholds(
+    table: ExitTable, criterion: str, model: LatencyModel, target: Target, count: int = 40, precision: str = "fp32",
+) -> Plan:
     reference = target.reference_accuracy
     if reference is None:
         reference = float((table.predictions[-1] == table.labels).mean())
@@ -62,7 +65,7 @@ def search_thresholds(table: ExitTable, criterion: str, model: LatencyModel, tar
             key = (max(0.0, ms - target.budget_ms), -result.accuracy, ms)
         else:
             key = (max(0.0, reference - target.max_drop - result.accuracy), ms, -result.accuracy)  # type: ignore[operator]
-        return key, Plan(list(thresholds), criterion, result.accuracy, ms, result.exit_fractions, key[0] == 0.0)
+        return key, Plan(list(thresholds), criterion, result.accuracy, ms, result.exit_fractions, key[0] == 0.0, precision)
 
     if int(np.prod([len(o) for o in options])) <= EXHAUSTIVE_LIMIT:
         return min((evaluate(list(c)) for c in itertools.product(*options)), key=lambda kp: kp[0])[1]

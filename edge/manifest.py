@@ -41,6 +41,14 @@ class SegmentInfo:
     exit_index: int
     outputs: list[TensorInfo] = field(default_factory=list)
     score_outputs: dict[str, str] = field(default_factory=dict)  # criterion -> output; lower = more confident
+    variants: dict[str, dict[str, str]] = field(default_factory=dict)  # precision -> {file, sha256}, besides fp32
+
+    def file_for(self, precision: str) -> str:
+        if precision == "fp32":
+            return self.file
+        if precision not in self.variants:
+            raise ManifestError(f"{self.name} has no {precision!r} engine; it has {sorted(['fp32', *self.variants])}")
+        return self.variants[precision]["file"]
 
     def score_of(self, criterion: str) -> str:
         if criterion == "entropy" and "entropy" not in self.score_outputs:
@@ -162,6 +170,7 @@ def verify_manifest_files(manifest: Manifest) -> None:
 
 def _named_files(manifest: Manifest) -> list[tuple[str, str]]:
     files = [(s.file, s.sha256) for s in manifest.segments]
+    files += [(v["file"], v["sha256"]) for s in manifest.segments for v in s.variants.values()]
     if manifest.static_model is not None:
         files.append((manifest.static_model["file"], manifest.static_model["sha256"]))
     return files
@@ -222,6 +231,7 @@ def _parse_segment(s: dict[str, Any]) -> SegmentInfo:
         score_output=s["score_output"], exit_index=int(s["exit_index"]),
         outputs=[TensorInfo(**o) for o in s.get("outputs", [])],
         score_outputs={str(k): _text(v, "score_outputs") for k, v in s.get("score_outputs", {}).items()},
+        variants={str(k): _parse_file_entry(v) for k, v in s.get("variants", {}).items()},  # type: ignore[misc]
     )
 
 
@@ -252,6 +262,8 @@ def _check_consistency(m: Manifest, path: Path) -> None:
             )
         if any(t is not None and math.isnan(t) for t in point.thresholds):
             raise ManifestError(f"{path}: operating point {point.name!r} has a NaN threshold")
+        if point.precision != "fp32" and any(point.precision not in s.variants for s in m.segments):
+            raise ManifestError(f"{path}: operating point {point.name!r} needs {point.precision!r} engines, which not every segment has")
         lacking = [s.name for s in m.segments[:-1] if point.criterion not in s.criteria]
         if lacking:
             raise ManifestError(f"{path}: operating point {point.name!r} uses criterion {point.criterion!r}, which {', '.join(lacking)} do(es) not output")
@@ -267,7 +279,7 @@ def _segment_dict(s: SegmentInfo) -> dict[str, Any]:
         "name": s.name, "file": s.file, "sha256": s.sha256, "input": _tensor_dict(s.input),
         "outputs": [_tensor_dict(o) for o in s.outputs], "features_output": s.features_output,
         "probs_output": s.probs_output, "score_output": s.score_output, "exit_index": s.exit_index,
-        "score_outputs": s.score_outputs,
+        "score_outputs": s.score_outputs, "variants": s.variants,
     }
 
 

@@ -48,6 +48,9 @@ class Runtime:
         self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
         self.backend = create_backend(backend, **backend_options) if isinstance(backend, str) else backend
         self.backend.load(self.manifest)
+        self._backends = {"fp32": self.backend}
+        for precision in sorted(set.intersection(*(set(s.variants) for s in self.manifest.segments))):
+            self._backends[precision] = self._load_precision(precision)
         self._input_shape = tuple(self.manifest.input.shape[1:])
         self._max_batch = self.manifest.batch.get("max", 0)
         self.num_exits = self.manifest.num_exits
@@ -66,33 +69,52 @@ class Runtime:
     def criterion(self) -> str:
         return self._point[2]
 
-    def _resolve(self, name: str) -> tuple[str, list[float], str]:
+    @property
+    def precision(self) -> str:
+        return self._point[3]
+
+    def _load_precision(self, precision: str) -> Backend:
+        backend = self.backend.spawn()
+        backend.load(self.manifest, precision)
+        return backend
+
+    def _resolve(self, name: str) -> tuple[str, list[float], str, str]:
         point = self.manifest.point(name)
-        return name, exit_limits(point.thresholds), point.criterion
+        return name, exit_limits(point.thresholds), point.criterion, point.precision
 
     def infer(
         self, images: np.ndarray, thresholds: Sequence[float | None] | None = None, criterion: str | None = None,
+        precision: str | None = None,
     ) -> InferenceResult:
-        """Classify a (n, C, H, W) float32 batch. `thresholds` (and `criterion`) override
-        the operating point's."""
+        """Classify a (n, C, H, W) float32 batch. `thresholds`, `criterion` and `precision`
+        override the operating point's."""
         self.check_input(images)
-        name, limits, point_criterion = self._point
+        name, limits, point_criterion, point_precision = self._point
         if thresholds is not None:
             name, limits = "custom", self._custom_thresholds(thresholds)
         if criterion is not None and criterion != point_criterion:
             name, point_criterion = "custom", self._check_criterion(criterion)
+        if precision is not None and precision != point_precision:
+            name, point_precision = "custom", precision
+        backend = self.backend_for(point_precision)
         start = time.perf_counter()
         if len(images) == 1:
-            probs, exits, segment_ms = self._infer_one(images, limits, point_criterion)
+            probs, exits, segment_ms = self._infer_one(backend, images, limits, point_criterion)
         else:
-            probs, exits, segment_ms = self._infer_batch(images, limits, point_criterion)
+            probs, exits, segment_ms = self._infer_batch(backend, images, limits, point_criterion)
         total_ms = (time.perf_counter() - start) * 1e3
         return InferenceResult(probs.argmax(axis=1), probs, exits, segment_ms, total_ms, name)
 
-    def _infer_one(self, image: np.ndarray, limits: list[float], criterion: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    def backend_for(self, precision: str) -> Backend:
+        backend = self._backends.get(precision)
+        if backend is None:
+            raise InputError(f"precision {precision!r} is not loaded; this runtime has {sorted(self._backends)}")
+        return backend
+
+    def _infer_one(self, backend: Backend, image: np.ndarray, limits: list[float], criterion: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
         segment_ms = [0.0] * self.num_exits
-        features = self.backend.upload(image)
-        run, advance, clock = self.backend.run, self.backend.advance, time.perf_counter
+        features = backend.upload(image)
+        run, advance, clock = backend.run, backend.advance, time.perf_counter
         last = self.num_exits - 1
         before = clock()
         for k, limit in enumerate(limits):
@@ -108,21 +130,21 @@ class Runtime:
                 return probs, self._exit_ids[k], segment_ms
         raise AssertionError("unreachable: the final exit always returns")
 
-    def _infer_batch(self, images: np.ndarray, limits: list[float], criterion: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    def _infer_batch(self, backend: Backend, images: np.ndarray, limits: list[float], criterion: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
         n = len(images)
         all_probs = np.empty((n, len(self.manifest.classes)), dtype=np.float32)
         exits = np.empty(n, dtype=np.int64)
         segment_ms = [0.0] * self.num_exits
         remaining = np.arange(n)
-        features = self.backend.upload(images)
+        features = backend.upload(images)
         last = self.num_exits - 1
         for k, limit in enumerate(limits):
             t0 = time.perf_counter()
             if limit == NEVER:
-                features = self.backend.advance(k, features)
+                features = backend.advance(k, features)
                 segment_ms[k] = (time.perf_counter() - t0) * 1e3
                 continue
-            features, probs, scores = self.backend.run(k, features, criterion if k != last else "entropy")
+            features, probs, scores = backend.run(k, features, criterion if k != last else "entropy")
             segment_ms[k] = (time.perf_counter() - t0) * 1e3
             leave = np.ones(len(remaining), dtype=bool) if k == last else scores <= np.float64(limit)
             all_probs[remaining[leave]] = probs[leave]
@@ -131,7 +153,7 @@ class Runtime:
                 break
             if leave.any():
                 stay = np.flatnonzero(~leave)
-                features = self.backend.take(features, stay)
+                features = backend.take(features, stay)
                 remaining = remaining[stay]
         return all_probs, exits, segment_ms
 
@@ -163,7 +185,8 @@ class Runtime:
         return criterion
 
     def close(self) -> None:
-        self.backend.close()
+        for backend in self._backends.values():
+            backend.close()
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from calibration import pipeline
@@ -127,9 +128,15 @@ def test_calibrate_end_to_end_on_digits(exit_checkpoint: Path, tmp_path: Path, c
     assert "budget query: no operating point meets 0.000 ms" in printed
     report = json.loads((tmp_path / "calibration.json").read_text())
     manifest = load_manifest(tmp_path / "engines")
-    assert manifest.profile is not None and manifest.profile["1"]["model"]["segment_ms"][0] > 0
+    assert manifest.profile is not None
+    for precision in ("fp32", "int8"):
+        assert manifest.profile[precision]["1"]["model"]["segment_ms"][0] > 0
     names = {p.name for p in manifest.operating_points}
-    assert {"full", "entropy-balanced", "maxprob-balanced", "gate-balanced", "gate-budget"} <= names
+    assert {"full", "entropy-balanced", "maxprob-balanced", "gate-balanced", "gate-budget", "int8-full", "int8-gate-balanced"} <= names
+    assert all(s.variants["int8"]["file"].endswith(".onnx") for s in manifest.segments)
+    assert set(report["int8_activation_ms"]) == {"uint8", "int8"}
+    int8_files = {p.name for p in (tmp_path / "engines").glob("*int8*.onnx")}
+    assert int8_files == {s.variants["int8"]["file"] for s in manifest.segments}  # the slower type's files are gone
     for point in manifest.operating_points:
         m = point.measured
         assert 0.0 <= m["accuracy"] <= 1.0 and m["mean_ms"] > 0 and m["p99_ms"] >= m["mean_ms"] * 0.5
@@ -141,6 +148,12 @@ def test_calibrate_end_to_end_on_digits(exit_checkpoint: Path, tmp_path: Path, c
     assert runtime.criterion == "gate"
     result = runtime.infer(load_digits("test").images[:20])
     assert result.operating_point == "gate-balanced" and result.probabilities.shape == (20, 10)
+    runtime.set_operating_point("int8-full")
+    assert runtime.precision == "int8"
+    int8 = runtime.infer(load_digits("test").images[:20])
+    fp32 = runtime.infer(load_digits("test").images[:20], precision="fp32", thresholds=[None])
+    assert np.mean(int8.predictions == fp32.predictions) >= 0.8  # same model, quantized
+    assert np.abs(int8.probabilities - fp32.probabilities).max() > 0  # really other engines
 
 
 def test_budget_answer_picks_the_most_accurate_point_within_budget() -> None:

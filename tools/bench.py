@@ -1,5 +1,5 @@
 """Benchmark: static model vs the segment chain (full depth and entropy exits) on
-onnxruntime, for a ResNet-20-class and a larger model, frozen and jointly trained exits.
+onnxruntime, for a ResNet-20-class and a larger model; exits trained frozen, jointly, and jointly with self-distillation.
 
     edge-bench --train-only     # train (checkpoints cached under --out)
     edge-bench                  # build, measure, write bench.json and bench.png
@@ -20,7 +20,7 @@ from calibration.evaluate import (
     Config, Measurement, StaticModel, measure_interleaved, measure_throughput, runtime_config, segment_latencies,
 )
 from calibration.exits import exit_table, oracle_reach, predicted_latency
-from calibration.train import TrainConfig, set_threads
+from calibration.train import Distillation, TrainConfig, set_threads
 from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
 from edge.runtime import Runtime
@@ -48,6 +48,10 @@ MODELS = {
     "resnet32-wide": ModelRecipe("resnet32", {"widths": [32, 64, 128]}, 15000, 2),
 }
 SPLITS = ["layer1", "layer2"]
+# variant -> (how exits are trained, self-distillation or not)
+VARIANTS: dict[str, tuple[str, Distillation | None]] = {
+    "frozen": ("frozen", None), "joint": ("joint", None), "joint-distill": ("joint", Distillation(weight=0.5, temperature=3.0)),
+}
 THRESHOLDS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.8, 1.1]
 NONE_PASS = -1.0  # below any entropy: every exit is computed and none is taken
 
@@ -115,8 +119,8 @@ def train_model(recipe: ModelRecipe, train: Dataset, out: Path) -> tuple[BlockBa
         "joint": dataclasses.replace(cfg, epochs=recipe.exit_epochs, lr=recipe.joint_lr),
     }
     nets = {
-        mode: pipeline.multi_exit_model(exit_spec, mode, train, exit_cfg[mode], out / f"{mode}.pt", static=static)
-        for mode in pipeline.EXIT_MODES
+        variant: pipeline.multi_exit_model(exit_spec, mode, train, exit_cfg[mode], out / f"{variant}.pt", static=static, distill=distill)
+        for variant, (mode, distill) in VARIANTS.items()
     }
     return static, nets
 

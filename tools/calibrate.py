@@ -21,8 +21,9 @@ import numpy as np
 from calibration import gates as gating
 from calibration.data import Dataset, load_dataset
 from calibration.evaluate import Config, StaticModel, measure_interleaved, runtime_config
-from calibration.exits import exit_logits, outcome, table_from_logits
-from calibration.latency import BatchProfile, LatencyModel, profile_runtime
+from calibration.exits import ExitTable, exit_logits, outcome
+from calibration.int8 import PRECISION, engine_table, fastest_int8
+from calibration.latency import NONE_PASS, BatchProfile, LatencyModel, profile_runtime
 from calibration.temperature import ExitCalibration, calibrate_exits, expected_calibration_error, softmax
 from calibration.thresholds import Plan, Target, search_thresholds
 from calibration.train import set_threads
@@ -54,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget-ms", type=float, help="also find the most accurate point within this mean batch-1 latency")
     p.add_argument("--gate-drop", type=float, default=0.5, help="accuracy drop (points) the gates are trained for, when no budget is given")
     p.add_argument("--profile-calls", type=int, default=400)
+    p.add_argument("--no-int8", dest="int8", action="store_false", help="skip the INT8 engines")
     return p.parse_args(argv)
 
 
@@ -63,34 +65,47 @@ def main(argv: list[str] | None = None) -> int:
     net, static_backbone = load_networks(args)
     calibration, test = load_splits(args)
     out: Path = args.out
+    engines = out / "engines"
 
     temperatures = fit_temperatures(net, calibration, test)
     t = [row["temperature"] for row in temperatures]
     data = gating.gate_data(net, calibration, t)
-    engines = out / "engines"
-    first = build_engines(net, engines, calibration.classes, calibration.images[:16], options=BuildOptions(name=args.checkpoint.stem),
-                          static_backbone=static_backbone, temperatures=t)
-    model = profile(Runtime(first), calibration, args)[1].model
+    first = build(net, engines, calibration, static_backbone, t, args)
+    gate_result = train_shipped_gates(data, t, profile(Runtime(first), calibration, args)[1].model, args)
 
-    table = table_from_logits(data.logits, data.labels, t)
-    final_accuracy = float((table.predictions[-1] == table.labels).mean())
-    gate_result = train_shipped_gates(data, t, model, final_accuracy, args)
-    manifest = build_engines(net, engines, calibration.classes, calibration.images[:16], options=BuildOptions(name=args.checkpoint.stem),
-                             static_backbone=static_backbone, temperatures=t, gates=gate_result.gates)
+    manifest = build(net, engines, calibration, static_backbone, t, args, gate_result.gates)
     runtime = Runtime(manifest)
-    profiles = profile(runtime, calibration, args)
-    model = profiles[1].model
+    profiles = {"fp32": profile(runtime, calibration, args)}
+    tables = {"fp32": gating.gate_table(gate_result.gates, data, t)}
+    int8_timings: dict[str, float] = {}
+    if args.int8:
+        manifest, int8_timings = fastest_int8(manifest, runtime, calibration.images[:512], args.profile_calls)
+        runtime = Runtime(manifest)
+        profiles[PRECISION] = profile(runtime, calibration, args, PRECISION)
+        tables[PRECISION] = engine_table(runtime, calibration, PRECISION, list(CRITERIA))
 
-    table = gating.gate_table(gate_result.gates, data, t)
-    plans = plan_points(table, model, args.budget_ms)
+    models = {precision: by_batch[1].model for precision, by_batch in profiles.items()}
+    plans: dict[str, Plan] = {}
+    for precision, table in tables.items():
+        plans |= plan_points(table, models[precision], args.budget_ms, precision)
     measured = measure_points(runtime, manifest, plans, test)
-    manifest = write_points(manifest, plans, measured, profiles, model)
-    report = make_report(args, temperatures, gate_result, plans, measured, profiles, manifest, test)
+    manifest = write_points(manifest, plans, measured, profiles, models)
+    report = make_report(args, temperatures, gate_result, plans, measured, profiles, manifest, test, tables, int8_timings)
     write_json_atomic(out / "calibration.json", report)
     plot_pareto(report, out / "pareto.png")
     print_summary(report)
     print(f"wrote {engines / MANIFEST_NAME}, {out / 'calibration.json'} and {out / 'pareto.png'}")
     return 0
+
+
+def build(
+    net: MultiExitNetwork, engines: Path, calibration: Dataset, static_backbone: Any, temperatures: list[float],
+    args: argparse.Namespace, gates: list[Any] | None = None,
+) -> Manifest:
+    return build_engines(
+        net, engines, calibration.classes, calibration.images[:16], options=BuildOptions(name=args.checkpoint.stem),
+        static_backbone=static_backbone, temperatures=temperatures, gates=gates,
+    )
 
 
 def load_networks(args: argparse.Namespace) -> tuple[MultiExitNetwork, Any]:
@@ -126,54 +141,85 @@ def fit_temperatures(net: MultiExitNetwork, calibration: Dataset, test: Dataset)
     return rows
 
 
-def profile(runtime: Runtime, data: Dataset, args: argparse.Namespace) -> dict[int, BatchProfile]:
+def profile(runtime: Runtime, data: Dataset, args: argparse.Namespace, precision: str = "fp32") -> dict[int, BatchProfile]:
     batches = sorted({1, runtime.manifest.batch.get("max", 1)})
-    return profile_runtime(runtime, data.images[:512], batches, calls=args.profile_calls)
+    return profile_runtime(runtime, data.images[:512], batches, calls=args.profile_calls, precision=precision)
 
 
-def train_shipped_gates(data: gating.GateData, t: list[float], model: LatencyModel, final_accuracy: float, args: argparse.Namespace) -> gating.BudgetResult:
+def train_shipped_gates(data: gating.GateData, t: list[float], model: LatencyModel, args: argparse.Namespace) -> gating.BudgetResult:
+    """The gates the engines carry: for the budget if one is asked, else for an accuracy
+    floor `--gate-drop` points under the final exit's."""
     if args.budget_ms is not None:
-        result = gating.gates_for_budget(data, t, model, args.budget_ms)
-    else:
-        result = gating.gates_for_accuracy(data, t, model, final_accuracy - args.gate_drop / 100)
-    return result
+        return gating.gates_for_budget(data, t, model, args.budget_ms)
+    final_accuracy = float((data.logits[-1].argmax(axis=1) == data.labels).mean())
+    return gating.gates_for_accuracy(data, t, model, final_accuracy - args.gate_drop / 100)
 
 
-def plan_points(table: Any, model: LatencyModel, budget_ms: float | None) -> dict[str, Plan]:
+def plan_points(table: Any, model: LatencyModel, budget_ms: float | None, precision: str = "fp32") -> dict[str, Plan]:
+    prefix = "" if precision == "fp32" else f"{precision}-"
     plans: dict[str, Plan] = {}
     for criterion in CRITERIA:
         for label, drop in DROPS.items():
-            plans[f"{criterion}-{label}"] = search_thresholds(table, criterion, model, Target(max_drop=drop / 100))
+            target = Target(max_drop=drop / 100)
+            plans[f"{prefix}{criterion}-{label}"] = search_thresholds(table, criterion, model, target, precision=precision)
         if budget_ms is not None:
-            plans[f"{criterion}-budget"] = search_thresholds(table, criterion, model, Target(budget_ms=budget_ms))
+            target = Target(budget_ms=budget_ms)
+            plans[f"{prefix}{criterion}-budget"] = search_thresholds(table, criterion, model, target, precision=precision)
     early = table.num_exits - 1
     full = outcome(table, [None] * early)
-    plans["full"] = Plan([None] * early, "entropy", full.accuracy, model.predict(full.reach_fractions, [None] * early), full.exit_fractions, True)
+    full_ms = model.predict(full.reach_fractions, [None] * early)
+    plans[f"{prefix}full"] = Plan([None] * early, "entropy", full.accuracy, full_ms, full.exit_fractions, True, precision)
     return plans
 
 
 def measure_points(runtime: Runtime, manifest: Manifest, plans: dict[str, Plan], test: Dataset) -> dict[str, Any]:
-    configs: dict[str, Config] = {n: runtime_config(runtime, p.thresholds, p.criterion) for n, p in plans.items()}
+    """Every point at batch 1 on the test split, interleaved with the static model and, per
+    precision, the chain with every exit computed (none taken) and with every exit off:
+    segment costs under the very conditions the points ran in (this machine's speed
+    drifts by tens of percent between runs), to check the latency model against."""
+    configs: dict[str, Config] = {n: runtime_config(runtime, p.thresholds, p.criterion, p.precision) for n, p in plans.items()}
+    early = runtime.num_exits - 1
+    for precision in sorted({p.precision for p in plans.values()}):
+        configs[f"profile/computed/{precision}"] = runtime_config(runtime, [NONE_PASS] * early, precision=precision)
+        configs[f"profile/off/{precision}"] = runtime_config(runtime, [None] * early, precision=precision)
     if manifest.static_model is not None:
         configs["static"] = StaticModel(manifest.path_of(manifest.static_model["file"])).config()
     log.info("measuring %d configurations on %d test images at batch 1, interleaved", len(configs), len(test))
     return measure_interleaved(configs, test)
 
 
-def write_points(manifest: Manifest, plans: dict[str, Plan], measured: dict[str, Any], profiles: dict[int, BatchProfile], model: LatencyModel) -> Manifest:
+def interleaved_model(measured: dict[str, Any], precision: str) -> LatencyModel:
+    """The latency model from the profile configurations measured alongside the points."""
+    computed, off = measured[f"profile/computed/{precision}"], measured[f"profile/off/{precision}"]
+    early = len(computed.segment_ms) - 1
+    return LatencyModel(computed.segment_ms, off.segment_ms[:early], computed.mean_ms - sum(computed.segment_ms))
+
+
+def write_points(
+    manifest: Manifest, plans: dict[str, Plan], measured: dict[str, Any], profiles: dict[str, dict[int, BatchProfile]],
+    models: dict[str, LatencyModel],
+) -> Manifest:
+    """Operating points with their measured figures. `predicted_mean_ms` comes from the
+    segment costs measured alongside; `profile_predicted_mean_ms` from the earlier profile."""
+    alongside = {precision: interleaved_model(measured, precision) for precision in models}
     points = []
     for name, plan in plans.items():
         m = measured[name]
-        points.append(OperatingPoint(name, plan.thresholds, plan.criterion, measured={
+        points.append(OperatingPoint(name, plan.thresholds, plan.criterion, plan.precision, measured={
             "accuracy": m.accuracy, "mean_ms": m.mean_ms, "p99_ms": m.p99_ms,
-            "predicted_mean_ms": model.predict(m.reach_fractions, plan.thresholds),
+            "predicted_mean_ms": alongside[plan.precision].predict(m.reach_fractions, plan.thresholds),
+            "profile_predicted_mean_ms": models[plan.precision].predict(m.reach_fractions, plan.thresholds),
             "exit_fractions": m.exit_fractions, "calibration_accuracy": plan.accuracy, "batch": 1,
         }))
-    profile = {"device": platform.processor() or platform.machine(), "threads": online_cores(), **{str(b): p.to_dict() for b, p in profiles.items()}}
+    profile = {"device": platform.processor() or platform.machine(), "threads": online_cores(), **profile_dicts(profiles)}
     default = best_point(points, measured, "balanced")
     updated = dataclasses.replace(manifest, operating_points=points, default_operating_point=default, profile=profile)
     save_manifest(updated, manifest.root / MANIFEST_NAME)
     return load_manifest(manifest.root)
+
+
+def profile_dicts(profiles: dict[str, dict[int, BatchProfile]]) -> dict[str, Any]:
+    return {precision: {str(b): p.to_dict() for b, p in by_batch.items()} for precision, by_batch in profiles.items()}
 
 
 def best_point(points: list[OperatingPoint], measured: dict[str, Any], label: str) -> str:
@@ -184,7 +230,8 @@ def best_point(points: list[OperatingPoint], measured: dict[str, Any], label: st
 
 def make_report(
     args: argparse.Namespace, temperatures: list[dict[str, float]], gate_result: gating.BudgetResult, plans: dict[str, Plan],
-    measured: dict[str, Any], profiles: dict[int, BatchProfile], manifest: Manifest, test: Dataset,
+    measured: dict[str, Any], profiles: dict[str, dict[int, BatchProfile]], manifest: Manifest, test: Dataset,
+    tables: dict[str, ExitTable], int8_timings: dict[str, float],
 ) -> dict[str, Any]:
     static = measured.get("static")
     points = []
@@ -197,7 +244,11 @@ def make_report(
         "checkpoint": str(args.checkpoint), "data": args.data, "test_samples": len(test), "threads": online_cores(),
         "temperatures": temperatures,
         "gates": {"alpha": gate_result.alpha, "calibration_accuracy": gate_result.accuracy, "predicted_ms": gate_result.predicted_ms},
-        "profile": {str(b): p.to_dict() for b, p in profiles.items()},
+        "profile": profile_dicts(profiles),
+        "calibration_exit_accuracy": {
+            precision: [float((p == table.labels).mean()) for p in table.predictions] for precision, table in tables.items()
+        },
+        "int8_activation_ms": int8_timings,
         "static": static.to_dict() if static is not None else None,
         "points": points, "default_operating_point": manifest.default_operating_point,
         "manifest": str(manifest.root / MANIFEST_NAME),
@@ -226,10 +277,13 @@ def print_summary(report: dict[str, Any]) -> None:
         print(f"  exit {row['exit']}: T={row['temperature']:.3f}  ECE {row['ece_test_before']:.4f} -> {row['ece_test_after']:.4f}")
     if static:
         print(f"static model: {static['accuracy']:.2%}, {static['mean_ms']:.3f} ms")
-    print(f"{'point':>18} {'acc':>7} {'mean ms':>8} {'vs static':>9} {'predicted':>9} {'p99 ms':>7}  exits")
-    for p in sorted(report["points"], key=lambda p: (p["criterion"], p["mean_ms"])):
+    if report["int8_activation_ms"]:
+        timings = ", ".join(f"{a} {ms:.3f} ms" for a, ms in report["int8_activation_ms"].items())
+        print(f"int8 activations, one call with every exit computed: {timings}")
+    print(f"{'point':>22} {'acc':>7} {'mean ms':>8} {'vs static':>9} {'predicted':>9} {'p99 ms':>7}  exits")
+    for p in sorted(report["points"], key=lambda p: (p["precision"], p["criterion"], p["mean_ms"])):
         ratio = f"{p['mean_ms'] / static['mean_ms']:.2f}x" if static else "-"
-        print(f"{p['name']:>18} {p['accuracy']:7.2%} {p['mean_ms']:8.3f} {ratio:>9} {p['predicted_mean_ms']:9.3f} {p['p99_ms']:7.3f}  "
+        print(f"{p['name']:>22} {p['accuracy']:7.2%} {p['mean_ms']:8.3f} {ratio:>9} {p['predicted_mean_ms']:9.3f} {p['p99_ms']:7.3f}  "
               + " ".join(f"{f:.0%}" for f in p["exit_fractions"]))
     if "budget" in report:
         print("budget query: " + report["budget"]["message"])

@@ -8,6 +8,7 @@ compaction goes through `take`, which a GPU backend implements as a device gathe
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
@@ -30,8 +31,15 @@ class Backend(ABC):
     name: str = "abstract"
 
     @abstractmethod
-    def load(self, manifest: Manifest) -> None:
-        """Create an engine per segment; raise ManifestError naming a file that will not load."""
+    def load(self, manifest: Manifest, precision: str = "fp32") -> None:
+        """Create an engine per segment from the files of `precision`; raise ManifestError
+        naming a file that will not load."""
+
+    def spawn(self) -> "Backend":
+        """An unloaded backend with this one's options (for another precision's engines)."""
+        twin = copy.copy(self)
+        twin.close()
+        return twin
 
     @abstractmethod
     def upload(self, images: np.ndarray) -> Features:

@@ -104,15 +104,16 @@ class OnnxRuntimeBackend(Backend):
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         return options
 
-    def load(self, manifest: Manifest) -> None:
+    def load(self, manifest: Manifest, precision: str = "fp32") -> None:
         options = self.session_options()
-        self._sessions = [self.open_session(manifest.path_of(s.file), options) for s in manifest.segments]
+        files = [manifest.path_of(s.file_for(precision)) for s in manifest.segments]
+        self._sessions = [self.open_session(path, options) for path in files]
         self._runners = [self.runner(session) for session in self._sessions]
         self._feeds = [s.input.name for s in manifest.segments]
         self._fetches = [{c: _fetch_names(s, c) for c in s.criteria} for s in manifest.segments]
         self._trunk_fetches = [[s.features_output] for s in manifest.segments[:-1]]
         if self.trunks:
-            trunks = [self._trunk_session(manifest.path_of(s.file), s, options) for s in manifest.segments[:-1]]
+            trunks = [self._trunk_session(path, s, options) for path, s in zip(files, manifest.segments[:-1])]
             self._trunk_runners = [self.runner(session) for session in trunks]
 
     def _trunk_session(self, path: Path, segment: SegmentInfo, options: Any) -> Any:
@@ -176,6 +177,7 @@ class OnnxRuntimeBackend(Backend):
 
     def close(self) -> None:
         self._sessions, self._runners, self._trunk_runners = [], [], []
+        self._fetches, self._trunk_fetches, self._feeds = [], [], []
 
 
 def _fetch_names(segment: SegmentInfo, criterion: str) -> list[str]:
