@@ -59,19 +59,28 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 @dataclass(frozen=True)
 class ExitCalibration:
-    """One exit's fitted temperature and its ECE before and after, on the data given."""
+    """One exit's temperature and its ECE before and after, on the data given."""
 
     temperature: float
     ece_before: float
     ece_after: float
+    kept_at_one: bool = False  # the fitted T did not lower ECE on the held-out half
 
 
-def calibrate_exits(exit_logits: list[np.ndarray], labels: np.ndarray) -> list[ExitCalibration]:
-    """Fit every exit's temperature on (calibration-split) logits."""
+def calibrate_exits(exit_logits: list[np.ndarray], labels: np.ndarray, seed: int = 0) -> list[ExitCalibration]:
+    """Every exit's temperature from (calibration-split) logits. T is fitted on one half
+    and kept only if it lowers ECE on the other half (an exit that is already calibrated,
+    often the final one, would otherwise get a T that moves ECE by noise); then refitted
+    on all of it."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    fit_rows, check_rows = order[: len(order) // 2], order[len(order) // 2 :]
     results = []
     for logits in exit_logits:
-        t = fit_temperature(logits, labels)
         before = expected_calibration_error(softmax(logits), labels)
-        after = expected_calibration_error(softmax(logits, t), labels)
-        results.append(ExitCalibration(t, before, after))
+        trial = fit_temperature(logits[fit_rows], labels[fit_rows])
+        check = logits[check_rows], labels[check_rows]
+        helps = expected_calibration_error(softmax(check[0], trial), check[1]) < expected_calibration_error(softmax(check[0]), check[1])
+        t = fit_temperature(logits, labels) if helps else 1.0
+        results.append(ExitCalibration(t, before, expected_calibration_error(softmax(logits, t), labels), not helps))
     return results

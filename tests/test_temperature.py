@@ -50,3 +50,13 @@ def test_calibrating_overconfident_exits_lowers_every_ece() -> None:
 def test_mismatched_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="matching"):
         fit_temperature(np.zeros((3, 2), dtype=np.float32), np.zeros(2, dtype=np.int64))
+
+
+def test_an_already_calibrated_exit_keeps_temperature_one() -> None:
+    logits, labels = sampled(1.0, n=4000, seed=3)
+    results = calibrate_exits([logits * 3.0, logits], labels)
+    assert not results[0].kept_at_one and results[0].temperature == pytest.approx(3.0, rel=0.1)
+    if results[1].kept_at_one:
+        assert results[1].temperature == 1.0 and results[1].ece_after == results[1].ece_before
+    else:  # the fit helped on the held-out half: it must be close to the truth
+        assert results[1].temperature == pytest.approx(1.0, rel=0.1)

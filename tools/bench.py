@@ -25,6 +25,7 @@ from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
 from edge.runtime import Runtime
 from engines.backbone import BlockBackbone
+from engines.heads import HeadSpec
 from engines.partition import MultiExitNetwork
 from tools._cli import run_main
 from tools.bench_plot import plot_bench
@@ -48,9 +49,21 @@ MODELS = {
     "resnet32-wide": ModelRecipe("resnet32", {"widths": [32, 64, 128]}, 15000, 2),
 }
 SPLITS = ["layer1", "layer2"]
-# variant -> (how exits are trained, self-distillation or not)
-VARIANTS: dict[str, tuple[str, Distillation | None]] = {
-    "frozen": ("frozen", None), "joint": ("joint", None), "joint-distill": ("joint", Distillation(weight=0.5, temperature=3.0)),
+
+
+@dataclass(frozen=True)
+class ExitRecipe:
+    mode: str  # "frozen" or "joint"
+    distill: Distillation | None = None
+    head: HeadSpec = HeadSpec()
+
+
+VARIANTS = {
+    "frozen": ExitRecipe("frozen"),
+    "joint": ExitRecipe("joint"),
+    "joint-distill": ExitRecipe("joint", Distillation(weight=0.5, temperature=3.0)),
+    # a 16-channel conv3x3 before pooling: about one backbone conv at the first exit
+    "joint-convhead": ExitRecipe("joint", head=HeadSpec(conv_channels=16)),
 }
 THRESHOLDS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.8, 1.1]
 NONE_PASS = -1.0  # below any entropy: every exit is computed and none is taken
@@ -71,6 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated exit recipes, from {', '.join(VARIANTS)}")
     p.add_argument("--train-only", action="store_true", help="train and checkpoint, measure nothing")
     p.add_argument("--test-samples", type=int, default=0, help="0 = the whole test split")
     p.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)))
@@ -93,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
         recipe = MODELS[name]
         train = train_pool.subset(slice(0, recipe.train_samples))
-        static, nets = train_model(recipe, train, args.out / name)
+        static, nets = train_model(recipe, train, args.out / name, args.variants.split(","))
         if not args.train_only:
             results[name] = measure_model(name, static, nets, train, calibration, test, thresholds, args)
     if not args.train_only:
@@ -108,20 +122,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_model(recipe: ModelRecipe, train: Dataset, out: Path) -> tuple[BlockBackbone, dict[str, MultiExitNetwork]]:
+def train_model(recipe: ModelRecipe, train: Dataset, out: Path, variants: list[str]) -> tuple[BlockBackbone, dict[str, MultiExitNetwork]]:
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown exit variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     cfg = TrainConfig(epochs=recipe.epochs, flip=True, shift=1)
     spec = pipeline.backbone_spec(recipe.arch, train, **recipe.kwargs)
     static = pipeline.static_model(spec, train, cfg, out / "static.pt")
-    exit_spec = pipeline.backbone_spec(recipe.arch, train, **recipe.kwargs)
-    exit_spec.split_points = list(SPLITS)
     exit_cfg = {
         "frozen": dataclasses.replace(cfg, epochs=recipe.exit_epochs),
         "joint": dataclasses.replace(cfg, epochs=recipe.exit_epochs, lr=recipe.joint_lr),
     }
-    nets = {
-        variant: pipeline.multi_exit_model(exit_spec, mode, train, exit_cfg[mode], out / f"{variant}.pt", static=static, distill=distill)
-        for variant, (mode, distill) in VARIANTS.items()
-    }
+    nets = {}
+    for variant in variants:
+        exits = VARIANTS[variant]
+        exit_spec = pipeline.backbone_spec(recipe.arch, train, **recipe.kwargs)
+        exit_spec.split_points = list(SPLITS)
+        exit_spec.head = exits.head.to_dict() if exits.head != HeadSpec() else {}
+        nets[variant] = pipeline.multi_exit_model(
+            exit_spec, exits.mode, train, exit_cfg[exits.mode], out / f"{variant}.pt", static=static, distill=exits.distill,
+        )
     return static, nets
 
 

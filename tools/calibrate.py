@@ -16,8 +16,6 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from calibration import gates as gating
 from calibration.data import Dataset, load_dataset
 from calibration.evaluate import Config, StaticModel, measure_interleaved, runtime_config
@@ -132,7 +130,7 @@ def fit_temperatures(net: MultiExitNetwork, calibration: Dataset, test: Dataset)
     rows = []
     for k, (c, z) in enumerate(zip(fitted, test_logits)):
         rows.append({
-            "exit": k, "temperature": c.temperature,
+            "exit": k, "temperature": c.temperature, "kept_at_one": c.kept_at_one,
             "ece_calibration_before": c.ece_before, "ece_calibration_after": c.ece_after,
             "ece_test_before": expected_calibration_error(softmax(z), test.labels),
             "ece_test_after": expected_calibration_error(softmax(z, c.temperature), test.labels),
