@@ -20,7 +20,7 @@ from edge.backends import Backend, create_backend
 from edge.errors import InputError
 from edge.manifest import Manifest, load_manifest
 
-NEVER = -math.inf  # a threshold no entropy passes: the exit is never taken
+NEVER = -math.inf  # no score passes: the exit is switched off and its segment runs as a trunk
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs microseconds per call
