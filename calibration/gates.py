@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -145,20 +145,22 @@ def gates_for_budget(
 ) -> BudgetResult:
     """The smallest alpha (most accurate gates) whose predicted mean latency at the gate
     threshold meets `budget_ms` on `data`; infeasible if even alpha = 1 does not."""
-    return _bisect_alpha(data, temperatures, model, lambda r: r.predicted_ms <= budget_ms, cheapest_first=True, steps=steps)
+    return _bisect_alpha(data, temperatures, model, lambda ms, _: ms <= budget_ms, cheapest_first=True, steps=steps)
 
 
 def gates_for_accuracy(
     data: GateData, temperatures: Sequence[float], model: LatencyModel, min_accuracy: float, steps: int = 10,
 ) -> BudgetResult:
     """The largest alpha (cheapest gates) whose accuracy on `data` stays >= min_accuracy."""
-    return _bisect_alpha(data, temperatures, model, lambda r: r.accuracy >= min_accuracy, cheapest_first=False, steps=steps)
+    return _bisect_alpha(data, temperatures, model, lambda _, accuracy: accuracy >= min_accuracy, cheapest_first=False, steps=steps)
 
 
 def _bisect_alpha(
-    data: GateData, temperatures: Sequence[float], model: LatencyModel, meets, cheapest_first: bool, steps: int,  # type: ignore[no-untyped-def]
+    data: GateData, temperatures: Sequence[float], model: LatencyModel, meets: Callable[[float, float], bool],
+    cheapest_first: bool, steps: int,
 ) -> BudgetResult:
-    """Bisection on alpha, assuming a larger alpha exits earlier (cheaper, less accurate)."""
+    """Bisection on alpha, assuming a larger alpha exits earlier (cheaper, less accurate).
+    `meets(predicted_ms, accuracy)` says whether a trial satisfies the request."""
     costs = exit_costs(model)
     thresholds = [GATE_THRESHOLD] * len(data.inputs)
 
@@ -166,8 +168,7 @@ def _bisect_alpha(
         gates = train_gates(data, costs, alpha)
         result = outcome(gate_table(gates, data, temperatures), thresholds, "gate")
         ms = model.predict(result.reach_fractions, thresholds)
-        trial = BudgetResult(alpha, gates, ms, result.accuracy, False)
-        return BudgetResult(alpha, gates, ms, result.accuracy, bool(meets(trial)))
+        return BudgetResult(alpha, gates, ms, result.accuracy, meets(ms, result.accuracy))
 
     # The end of the range most likely to meet the requirement first: alpha 1 for a
     # latency budget, alpha 0 for an accuracy floor.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -72,7 +72,11 @@ def search_thresholds(
     return _coordinate_descent(options, evaluate)
 
 
-def _coordinate_descent(options: Sequence[list[float | None]], evaluate) -> Plan:  # type: ignore[no-untyped-def]
+Evaluation = Callable[[list[float | None]], tuple[tuple[float, float, float], Plan]]
+
+
+def _coordinate_descent(options: Sequence[list[float | None]], evaluate: Evaluation) -> Plan:
+    """From every exit off, change one exit's threshold at a time while the key improves."""
     current: list[float | None] = [None] * len(options)
     best_key, best = evaluate(current)
     for _ in range(4):
