@@ -166,3 +166,22 @@ def test_budget_answer_picks_the_most_accurate_point_within_budget() -> None:
     assert answer["met"] and answer["point"] == "b"
     assert not calibrate.budget_answer(0.3, points)["met"]
     assert "the fastest, c, measured 0.400 ms" in calibrate.budget_answer(0.3, points)["message"]
+
+
+@pytest.mark.parametrize(
+    ("which", "message"),
+    [("static", "plain backbone has no exits"), ("missing", "checkpoint not found")],
+)
+def test_calibrate_refuses_bad_checkpoints_in_one_line(
+    exit_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str, message: str,
+) -> None:
+    path = exit_checkpoint / ("static.pt" if which == "static" else "nope.pt")
+    assert run_main(calibrate.main, ["--checkpoint", str(path), "--data", "digits", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err
+
+
+def test_calibrate_refuses_a_dataset_the_network_does_not_take(exit_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--checkpoint", str(exit_checkpoint / "frozen.pt"), "--data", "fashion-mnist", "--out", str(tmp_path)]
+    assert run_main(calibrate.main, args) == 1
+    assert "the network takes (1, 8, 8)" in capsys.readouterr().err

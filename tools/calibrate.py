@@ -27,6 +27,7 @@ from calibration.thresholds import Plan, Target, search_thresholds
 from calibration.train import set_threads
 from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
+from edge.errors import UserError
 from edge.manifest import MANIFEST_NAME, Manifest, OperatingPoint, load_manifest, save_manifest
 from edge.runtime import Runtime
 from engines.build import BuildOptions, build_engines
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads()
     net, static_backbone = load_networks(args)
     calibration, test = load_splits(args)
+    check_data(net, calibration, args)
     out: Path = args.out
     engines = out / "engines"
 
@@ -109,9 +111,19 @@ def build(
 def load_networks(args: argparse.Namespace) -> tuple[MultiExitNetwork, Any]:
     _, net, _ = load_checkpoint(args.checkpoint)
     if not isinstance(net, MultiExitNetwork):
-        raise SystemExit(f"{args.checkpoint}: not a multi-exit checkpoint (it has no split points)")
+        raise UserError(f"{args.checkpoint}: a plain backbone has no exits; train exits first (edge-train --exits ...)")
     static = load_checkpoint(args.static)[1] if args.static else None
+    if static is not None and isinstance(static, MultiExitNetwork):
+        raise UserError(f"{args.static}: --static takes the static model's checkpoint, this one has exits")
     return net, static
+
+
+def check_data(net: MultiExitNetwork, data: Dataset, args: argparse.Namespace) -> None:
+    if tuple(data.input_shape) != tuple(net.backbone.input_shape):
+        raise UserError(f"{args.data} images are {data.input_shape}, the network takes {tuple(net.backbone.input_shape)}")
+    classes = net.exit_heads[0][-1].out_features
+    if len(data.classes) != classes:
+        raise UserError(f"{args.data} has {len(data.classes)} classes, the network has {classes}")
 
 
 def load_splits(args: argparse.Namespace) -> tuple[Dataset, Dataset]:
