@@ -174,6 +174,7 @@ def _bisect_alpha(
     # latency budget, alpha 0 for an accuracy floor.
     best = attempt(1.0 if cheapest_first else 0.0)
     if not best.feasible:
+        log.warning("gates: not even alpha %.0f meets the request (%.3f ms, accuracy %.2f%%)", best.alpha, best.predicted_ms, 100 * best.accuracy)
         return best
     low, high = 0.0, 1.0
     for _ in range(steps):

@@ -16,7 +16,8 @@ from typing import Any
 from edge.atomic import sha256_file, write_json_atomic
 from edge.errors import ManifestError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added score_outputs, variants and profile; a version-1 reader would misread them
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 
 
@@ -117,7 +118,7 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema_version": self.schema_version,
+            "schema_version": SCHEMA_VERSION,  # whatever it was read as, it is written as this version
             "name": self.name,
             "input": _tensor_dict(self.input) | {"value_range": self.value_range, "normalization": self.normalization},
             "classes": self.classes,
@@ -180,8 +181,8 @@ def _parse(data: Any, path: Path) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: manifest must be a JSON object")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ManifestError(f"{path}: schema_version {version!r} is not supported (this runtime reads {SCHEMA_VERSION})")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise ManifestError(f"{path}: schema_version {version!r} is not supported (this runtime reads {READABLE_VERSIONS})")
     try:
         inp = data["input"]
         return Manifest(
@@ -211,6 +212,17 @@ def _parse_file_entry(entry: Any) -> dict[str, str] | None:
     return {"file": _text(entry["file"], "file"), "sha256": _text(entry["sha256"], "sha256")}
 
 
+def _parse_variants(entry: Any) -> dict[str, dict[str, str]]:
+    if not isinstance(entry, dict):
+        raise TypeError(f"'variants' must be an object, got {type(entry).__name__}")
+    variants = {}
+    for precision, file_entry in entry.items():
+        if precision == "fp32" or not isinstance(file_entry, dict):
+            raise ValueError(f"variant {precision!r} must be a precision other than fp32 with a file and sha256")
+        variants[str(precision)] = {"file": _text(file_entry["file"], "file"), "sha256": _text(file_entry["sha256"], "sha256")}
+    return variants
+
+
 def _parse_profile(entry: Any) -> dict[str, Any] | None:
     if entry is not None and not isinstance(entry, dict):
         raise TypeError(f"'profile' must be an object, got {type(entry).__name__}")
@@ -231,7 +243,7 @@ def _parse_segment(s: dict[str, Any]) -> SegmentInfo:
         score_output=s["score_output"], exit_index=int(s["exit_index"]),
         outputs=[TensorInfo(**o) for o in s.get("outputs", [])],
         score_outputs={str(k): _text(v, "score_outputs") for k, v in s.get("score_outputs", {}).items()},
-        variants={str(k): _parse_file_entry(v) for k, v in s.get("variants", {}).items()},  # type: ignore[misc]
+        variants=_parse_variants(s.get("variants", {})),
     )
 
 
@@ -251,6 +263,10 @@ def _check_consistency(m: Manifest, path: Path) -> None:
     if any(s.features_output is None for s in m.segments[:-1]) or m.segments[-1].features_output is not None:
         raise ManifestError(f"{path}: every segment but the last must output features")
     for segment in m.segments:
+        named = {o.name for o in segment.outputs}
+        unknown = [o for o in segment.score_outputs.values() if named and o not in named]
+        if unknown:
+            raise ManifestError(f"{path}: {segment.name} lists score outputs {unknown} that are not among its outputs")
         widths = [o.shape[1] for o in segment.outputs if o.name == segment.probs_output and len(o.shape) == 2]
         if widths and widths[0] != len(m.classes):
             raise ManifestError(f"{path}: {segment.name} outputs {widths[0]} classes, the manifest lists {len(m.classes)}")

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edge.backends import Backend, create_backend
-from edge.errors import InputError
+from edge.errors import InputError, ManifestError
 from edge.manifest import Manifest, load_manifest
 
 NEVER = -math.inf  # no score passes: the exit is switched off and its segment runs as a trunk
@@ -43,14 +43,21 @@ class Runtime:
         manifest: Manifest | Path | str,
         backend: Backend | str = "onnxruntime",
         operating_point: str | None = None,
+        precisions: Sequence[str] | None = None,
         **backend_options: Any,
     ) -> None:
+        """`precisions`: the engine sets to load besides fp32 (default: every one all
+        segments have; each costs its engines' memory again)."""
         self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
         self.backend = create_backend(backend, **backend_options) if isinstance(backend, str) else backend
         self.backend.load(self.manifest)
         self._backends = {"fp32": self.backend}
-        for precision in sorted(set.intersection(*(set(s.variants) for s in self.manifest.segments))):
-            self._backends[precision] = self._load_precision(precision)
+        try:
+            for precision in self._extra_precisions(precisions):
+                self._backends[precision] = self._load_precision(precision)
+        except Exception:
+            self.close()  # nothing half-loaded stays open
+            raise
         self._input_shape = tuple(self.manifest.input.shape[1:])
         self._max_batch = self.manifest.batch.get("max", 0)
         self.num_exits = self.manifest.num_exits
@@ -73,6 +80,15 @@ class Runtime:
     def precision(self) -> str:
         return self._point[3]
 
+    def _extra_precisions(self, asked: Sequence[str] | None) -> list[str]:
+        available = set.intersection(*(set(s.variants) for s in self.manifest.segments))
+        if asked is None:
+            return sorted(available)
+        missing = [p for p in asked if p != "fp32" and p not in available]
+        if missing:
+            raise ManifestError(f"{self.manifest.name}: no {missing} engines for every segment; available: {sorted(available)}")
+        return [p for p in dict.fromkeys(asked) if p != "fp32"]
+
     def _load_precision(self, precision: str) -> Backend:
         backend = self.backend.spawn()
         backend.load(self.manifest, precision)
@@ -80,6 +96,7 @@ class Runtime:
 
     def _resolve(self, name: str) -> tuple[str, list[float], str, str]:
         point = self.manifest.point(name)
+        self.backend_for(point.precision)  # refuse a point whose engines were not loaded
         return name, exit_limits(point.thresholds), point.criterion, point.precision
 
     def infer(

@@ -2,8 +2,8 @@
 
 Only the convolutions are quantized (weights per channel, activations per tensor,
 ranges from calibration data that each segment really sees: the fp32 chain's features
-on calibration images). Exit heads stay fp32, so the exit scores that thresholds were
-chosen on keep their precision.
+on calibration images). Pooling, classifiers, softmax and the scores stay fp32 (a conv
+inside an exit head is quantized like the backbone's).
 
 onnxruntime's calibrator opens sessions with default threading, which a process that
 already runs on the shared thread pool refuses; so quantization runs in a fresh child
@@ -13,6 +13,8 @@ process.
 from __future__ import annotations
 
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -40,8 +42,14 @@ def quantize_segments(jobs: Sequence[QuantJob]) -> None:
         if job.activation not in ACTIVATION_TYPES:
             raise ValueError(f"activation type must be one of {ACTIVATION_TYPES}, got {job.activation!r}")
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        for job, error in zip(jobs, pool.map(_quantize_one, jobs)):
+    # An executor, not a Pool: a child killed outright (out of memory) raises
+    # BrokenProcessPool here instead of leaving the parent waiting forever.
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        for job in jobs:
+            try:
+                error = pool.submit(_quantize_one, job).result()
+            except BrokenProcessPool as exc:
+                raise RuntimeError(f"{job.source}: INT8 quantization died ({exc})") from exc
             if error:
                 raise RuntimeError(f"{job.source}: INT8 quantization failed: {error}")
 

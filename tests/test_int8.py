@@ -12,7 +12,7 @@ import pytest
 
 from calibration.int8 import PRECISION, engine_table, segment_inputs, with_int8
 from conftest import read_manifest_json, write_manifest_json
-from edge.errors import InputError, ManifestError
+from edge.errors import BackendError, InputError, ManifestError
 from edge.manifest import MANIFEST_NAME, OperatingPoint, load_manifest, save_manifest
 from edge.runtime import Runtime
 from engines.quantize import QuantJob, quantize_segments
@@ -91,3 +91,22 @@ def test_a_failing_quantization_names_the_segment(tmp_path: Path) -> None:
     assert not (tmp_path / "out.onnx").exists()
     with pytest.raises(ValueError, match="activation type"):
         quantize_segments([dataclasses.replace(job, activation="fp8")])
+
+
+def test_only_the_precisions_asked_for_are_loaded(int8_dir: Path, real_images: np.ndarray) -> None:
+    runtime = Runtime(int8_dir, precisions=["fp32"])
+    with pytest.raises(InputError, match="precision 'int8' is not loaded"):
+        runtime.infer(real_images[:1], precision=PRECISION)
+    with pytest.raises(InputError, match="not loaded"):
+        runtime.set_operating_point("int8-full")
+    assert runtime.operating_point == "full"
+    with pytest.raises(ManifestError, match="no \\['fp16'\\] engines"):
+        Runtime(int8_dir, precisions=["fp16"])
+
+
+def test_a_closed_runtime_says_so(int8_dir: Path, real_images: np.ndarray) -> None:
+    runtime = Runtime(int8_dir)
+    runtime.close()
+    for precision in ("fp32", PRECISION):
+        with pytest.raises(BackendError, match="no engine loaded"):
+            runtime.infer(real_images[:1], thresholds=[None, None], precision=precision)

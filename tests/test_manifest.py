@@ -84,6 +84,40 @@ def test_wrong_schema_version(built_copy: Path, version) -> None:
         load_manifest(built_copy)
 
 
+def test_a_version_1_manifest_still_loads_and_is_written_as_the_current_version(built_copy: Path) -> None:
+    data = read_manifest_json(built_copy)
+    data["schema_version"] = 1
+    for segment in data["segments"]:
+        del segment["score_outputs"], segment["variants"]
+    del data["profile"]
+    write_manifest_json(built_copy, data)
+    manifest = load_manifest(built_copy)
+    assert manifest.schema_version == 1 and manifest.segments[0].criteria == {"entropy"}
+    save_manifest(manifest, built_copy / MANIFEST_NAME)
+    assert read_manifest_json(built_copy)["schema_version"] == SCHEMA_VERSION == 2
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [(None, "'variants' must be an object"), ({"int8": None}, "variant 'int8' must be"),
+     ({"fp32": {"file": "segment_0.onnx", "sha256": "0" * 64}}, "variant 'fp32' must be")],
+)
+def test_malformed_variants_are_manifest_errors(built_copy: Path, variants, message: str) -> None:
+    data = read_manifest_json(built_copy)
+    data["segments"][0]["variants"] = variants
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match=message):
+        load_manifest(built_copy)
+
+
+def test_a_score_output_the_engine_lacks_is_named(built_copy: Path) -> None:
+    data = read_manifest_json(built_copy)
+    data["segments"][1]["score_outputs"]["maxprob"] = "confidence"
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match="segment_1 lists score outputs \\['confidence'\\]"):
+        load_manifest(built_copy)
+
+
 @pytest.mark.parametrize("key", ["classes", "segments", "input", "batch"])
 def test_missing_key_is_a_manifest_error(built_copy: Path, key: str) -> None:
     data = read_manifest_json(built_copy)

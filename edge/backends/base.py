@@ -8,7 +8,6 @@ compaction goes through `take`, which a GPU backend implements as a device gathe
 
 from __future__ import annotations
 
-import copy
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
@@ -36,10 +35,9 @@ class Backend(ABC):
         naming a file that will not load."""
 
     def spawn(self) -> "Backend":
-        """An unloaded backend with this one's options (for another precision's engines)."""
-        twin = copy.copy(self)
-        twin.close()
-        return twin
+        """A new, unloaded backend with this one's options, for another precision's engines.
+        It must share nothing with this one: closing either leaves the other working."""
+        raise NotImplementedError(f"the {self.name} backend cannot load a second set of engines")
 
     @abstractmethod
     def upload(self, images: np.ndarray) -> Features:

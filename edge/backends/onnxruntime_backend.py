@@ -81,6 +81,9 @@ class OnnxRuntimeBackend(Backend):
         self._fetches: list[dict[str, list[str]]] = []  # per segment: criterion -> output names
         self._trunk_fetches: list[list[str]] = []
 
+    def spawn(self) -> "OnnxRuntimeBackend":
+        return OnnxRuntimeBackend(self.threads, self.shared_threads, self.spinning, self.optimization, list(self.providers), self.trunks)
+
     def session_options(self) -> Any:
         import onnxruntime as ort
 
@@ -154,6 +157,8 @@ class OnnxRuntimeBackend(Backend):
     def run(self, index: int, features: Features, criterion: str = "entropy") -> ExitOutput:
         try:
             fetch = self._fetches[index][criterion]
+        except IndexError:
+            raise BackendError(f"segment {index}: no engine loaded (backend closed or never loaded)") from None
         except KeyError:
             raise BackendError(f"segment {index} has no {criterion!r} score; it has {sorted(self._fetches[index])}") from None
         try:
@@ -165,7 +170,7 @@ class OnnxRuntimeBackend(Backend):
         return ExitOutput(None, outputs[0], outputs[1])
 
     def advance(self, index: int, features: Features) -> Features:
-        if not self._trunk_runners:
+        if not self._trunk_runners:  # trunks off, or closed: run() says which
             return super().advance(index, features)
         try:
             return self._trunk_runners[index](self._trunk_fetches[index], {self._feeds[index]: features}, None)[0]
