@@ -42,12 +42,6 @@ class ExitTable:
             raise KeyError(f"no {criterion!r} scores in this table; it has {self.criteria}")
         return self.scores[criterion]
 
-    def subset(self, rows: np.ndarray) -> "ExitTable":
-        return ExitTable(
-            self.predictions[:, rows], self.entropies[:, rows], self.labels[rows],
-            {c: v[:, rows] for c, v in self.scores.items()},
-        )
-
 
 @torch.no_grad()
 def exit_logits(net: MultiExitNetwork, data: Dataset, batch_size: int = 500) -> list[np.ndarray]:
@@ -76,8 +70,8 @@ def table_from_logits(
     return ExitTable(predictions, entropies, np.asarray(labels), scores)
 
 
-def exit_table(net: MultiExitNetwork, data: Dataset, batch_size: int = 500, temperatures: Sequence[float] | None = None) -> ExitTable:
-    return table_from_logits(exit_logits(net, data, batch_size), data.labels, temperatures)
+def exit_table(net: MultiExitNetwork, data: Dataset, batch_size: int = 500) -> ExitTable:
+    return table_from_logits(exit_logits(net, data, batch_size), data.labels)
 
 
 def exits_taken(table: ExitTable, thresholds: Sequence[float | None], criterion: str = "entropy") -> np.ndarray:

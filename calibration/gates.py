@@ -58,8 +58,18 @@ class GateData:
     labels: np.ndarray
 
 
+@dataclass
+class ExitOutputs:
+    """One pass of the network over a dataset: each early exit's mean-pooled features
+    (N, C_k) and every exit's logits (N, classes)."""
+
+    pooled: list[torch.Tensor]
+    logits: list[np.ndarray]
+    labels: np.ndarray
+
+
 @torch.no_grad()
-def gate_data(net: MultiExitNetwork, data: Dataset, temperatures: Sequence[float], batch_size: int = 500) -> GateData:
+def exit_outputs(net: MultiExitNetwork, data: Dataset, batch_size: int = 500) -> ExitOutputs:
     net.eval()
     pooled: list[list[torch.Tensor]] = [[] for _ in range(net.num_exits - 1)]
     logits: list[list[torch.Tensor]] = [[] for _ in range(net.num_exits)]
@@ -70,14 +80,23 @@ def gate_data(net: MultiExitNetwork, data: Dataset, temperatures: Sequence[float
             logits[k].append(z)
             if k < net.num_exits - 1:
                 pooled[k].append(x.mean(dim=(2, 3)))
-    labels = torch.from_numpy(data.labels.astype(np.int64))
-    all_logits = [torch.cat(z) for z in logits]
-    ce = torch.stack([nn.functional.cross_entropy(z / t, labels, reduction="none") for z, t in zip(all_logits, temperatures)])
+    return ExitOutputs([torch.cat(p) for p in pooled], [torch.cat(z).numpy() for z in logits], data.labels)
+
+
+def gate_data(net: MultiExitNetwork, data: Dataset, temperatures: Sequence[float], batch_size: int = 500) -> GateData:
+    return gate_data_from(exit_outputs(net, data, batch_size), temperatures)
+
+
+def gate_data_from(outputs: ExitOutputs, temperatures: Sequence[float]) -> GateData:
+    """Gate inputs (pooled features, probabilities at T) and each exit's cross-entropy at T."""
+    labels = torch.from_numpy(outputs.labels.astype(np.int64))
+    logits = [torch.from_numpy(z) for z in outputs.logits]
+    ce = torch.stack([nn.functional.cross_entropy(z / t, labels, reduction="none") for z, t in zip(logits, temperatures)])
     inputs = [
-        torch.cat([torch.cat(p), torch.from_numpy(softmax(z.numpy(), t).astype(np.float32))], dim=1)
-        for p, z, t in zip(pooled, all_logits, temperatures)
+        torch.cat([p, torch.from_numpy(softmax(z, t).astype(np.float32))], dim=1)
+        for p, z, t in zip(outputs.pooled, outputs.logits, temperatures)
     ]
-    return GateData(inputs, ce, [z.numpy() for z in all_logits], data.labels)
+    return GateData(inputs, ce, outputs.logits, outputs.labels)
 
 
 def exit_costs(model: LatencyModel) -> torch.Tensor:

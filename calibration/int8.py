@@ -76,8 +76,7 @@ def engine_table(runtime: Runtime, data: Dataset, precision: str, criteria: list
         for k in range(num_exits):
             out = None
             for criterion in criteria:
-                usable = criterion if k < num_exits - 1 else "entropy"
-                out = backend.run(k, features, usable)
+                out = backend.run(k, features, criterion)
                 scores[criterion][k].append(out.scores.astype(np.float64))
             assert out is not None
             preds[k].append(out.probs.argmax(axis=1))

@@ -44,6 +44,11 @@ class SegmentInfo:
     score_outputs: dict[str, str] = field(default_factory=dict)  # criterion -> output; lower = more confident
     variants: dict[str, dict[str, str]] = field(default_factory=dict)  # precision -> {file, sha256}, besides fp32
 
+    def __post_init__(self) -> None:
+        # Manifests without score_outputs (version 1) name only the entropy output.
+        if "entropy" not in self.score_outputs:
+            object.__setattr__(self, "score_outputs", {"entropy": self.score_output, **self.score_outputs})
+
     def file_for(self, precision: str) -> str:
         if precision == "fp32":
             return self.file
@@ -52,8 +57,6 @@ class SegmentInfo:
         return self.variants[precision]["file"]
 
     def score_of(self, criterion: str) -> str:
-        if criterion == "entropy" and "entropy" not in self.score_outputs:
-            return self.score_output
         try:
             return self.score_outputs[criterion]
         except KeyError:
@@ -61,7 +64,7 @@ class SegmentInfo:
 
     @property
     def criteria(self) -> set[str]:
-        return {"entropy", *self.score_outputs}
+        return set(self.score_outputs)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,10 @@ class Manifest:
                 return point
         known = ", ".join(p.name for p in self.operating_points)
         raise ManifestError(f"no operating point {name!r} in the manifest; known: {known}")
+
+    def lacking(self, criterion: str) -> list[str]:
+        """Early segments that do not output `criterion`'s score (the final exit needs none)."""
+        return [s.name for s in self.segments[:-1] if criterion not in s.criteria]
 
     def path_of(self, relative: str) -> Path:
         return self.root / relative
@@ -280,7 +287,7 @@ def _check_consistency(m: Manifest, path: Path) -> None:
             raise ManifestError(f"{path}: operating point {point.name!r} has a NaN threshold")
         if point.precision != "fp32" and any(point.precision not in s.variants for s in m.segments):
             raise ManifestError(f"{path}: operating point {point.name!r} needs {point.precision!r} engines, which not every segment has")
-        lacking = [s.name for s in m.segments[:-1] if point.criterion not in s.criteria]
+        lacking = m.lacking(point.criterion)
         if lacking:
             raise ManifestError(f"{path}: operating point {point.name!r} uses criterion {point.criterion!r}, which {', '.join(lacking)} do(es) not output")
     m.point(m.default_operating_point)

@@ -140,7 +140,7 @@ class Runtime:
                 now = clock()
                 segment_ms[k], before = (now - before) * 1e3, now
                 continue
-            features, probs, scores = run(k, features, criterion if k != last else "entropy")
+            features, probs, scores = run(k, features, criterion)
             now = clock()
             segment_ms[k], before = (now - before) * 1e3, now
             if k == last or float(scores[0]) <= limit:  # compared in float64; NaN exits only at the end
@@ -161,7 +161,7 @@ class Runtime:
                 features = backend.advance(k, features)
                 segment_ms[k] = (time.perf_counter() - t0) * 1e3
                 continue
-            features, probs, scores = backend.run(k, features, criterion if k != last else "entropy")
+            features, probs, scores = backend.run(k, features, criterion)
             segment_ms[k] = (time.perf_counter() - t0) * 1e3
             leave = np.ones(len(remaining), dtype=bool) if k == last else scores <= np.float64(limit)
             all_probs[remaining[leave]] = probs[leave]
@@ -196,7 +196,7 @@ class Runtime:
         return exit_limits(thresholds)
 
     def _check_criterion(self, criterion: str) -> str:
-        lacking = [s.name for s in self.manifest.segments[:-1] if criterion not in s.criteria]
+        lacking = self.manifest.lacking(criterion)
         if lacking:
             raise InputError(f"criterion {criterion!r} is not in the engines ({', '.join(lacking)} lack it)")
         return criterion

@@ -1,5 +1,6 @@
 """Benchmark: static model vs the segment chain (full depth and entropy exits) on
-onnxruntime, for a ResNet-20-class and a larger model; exits trained frozen, jointly, and jointly with self-distillation.
+onnxruntime, for a ResNet-20-class and a larger model; exits trained frozen, jointly,
+jointly with self-distillation, and jointly with conv heads.
 
     edge-bench --train-only     # train (checkpoints cached under --out)
     edge-bench                  # build, measure, write bench.json and bench.png
@@ -20,6 +21,7 @@ from calibration.evaluate import (
     Config, Measurement, StaticModel, measure_interleaved, measure_throughput, runtime_config, segment_latencies,
 )
 from calibration.exits import exit_table, oracle_reach, predicted_latency
+from calibration.latency import NONE_PASS
 from calibration.train import Distillation, TrainConfig, set_threads
 from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
@@ -66,7 +68,6 @@ VARIANTS = {
     "joint-convhead": ExitRecipe("joint", head=HeadSpec(conv_channels=16)),
 }
 THRESHOLDS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.8, 1.1]
-NONE_PASS = -1.0  # below any entropy: every exit is computed and none is taken
 
 
 @dataclass

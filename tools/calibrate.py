@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     engines = out / "engines"
 
-    temperatures = fit_temperatures(net, calibration, test)
+    outputs = gating.exit_outputs(net, calibration)  # one pass serves temperatures and gates
+    temperatures = fit_temperatures(net, outputs, test)
     t = [row["temperature"] for row in temperatures]
-    data = gating.gate_data(net, calibration, t)
+    data = gating.gate_data_from(outputs, t)
     first = build(net, engines, calibration, static_backbone, t, args)
     gate_result = train_shipped_gates(data, t, profile(Runtime(first), calibration, args)[1].model, args)
 
@@ -137,9 +138,9 @@ def load_splits(args: argparse.Namespace) -> tuple[Dataset, Dataset]:
     return calibration, test
 
 
-def fit_temperatures(net: MultiExitNetwork, calibration: Dataset, test: Dataset) -> list[dict[str, float]]:
-    """Temperatures fitted on the calibration split; ECE before/after on both splits."""
-    fitted: list[ExitCalibration] = calibrate_exits(exit_logits(net, calibration), calibration.labels)
+def fit_temperatures(net: MultiExitNetwork, calibration: gating.ExitOutputs, test: Dataset) -> list[dict[str, float]]:
+    """Temperatures fitted on the calibration split's logits; ECE before/after on both splits."""
+    fitted: list[ExitCalibration] = calibrate_exits(calibration.logits, calibration.labels)
     test_logits = exit_logits(net, test)
     rows = []
     for k, (c, z) in enumerate(zip(fitted, test_logits)):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tools._plot import pyplot, save
+
 
 def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Points no other point beats on both latency (lower) and accuracy (higher)."""
@@ -18,11 +20,7 @@ def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot_pareto(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     points = report["points"]
     for key in sorted({(p["criterion"], p["precision"]) for p in points}):
@@ -39,7 +37,4 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
     ax.set_title(f"operating points, {report['data']} ({report['test_samples']} test images)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

@@ -45,7 +45,8 @@ class Backend(ABC):
 
     @abstractmethod
     def run(self, index: int, features: Features, criterion: str = "entropy") -> ExitOutput:
-        """Run segment `index` on `features`; `scores` are the named criterion's."""
+        """Run segment `index` on `features`; `scores` are the named criterion's. The last
+        segment accepts every criterion an early one has (its score is never compared)."""
 
     def advance(self, index: int, features: Features) -> Features:
         """Run segment `index` with its exit switched off: only the features it hands on.

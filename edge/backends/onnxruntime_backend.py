@@ -114,6 +114,10 @@ class OnnxRuntimeBackend(Backend):
         self._runners = [self.runner(session) for session in self._sessions]
         self._feeds = [s.input.name for s in manifest.segments]
         self._fetches = [{c: _fetch_names(s, c) for c in s.criteria} for s in manifest.segments]
+        # The final exit takes whatever reaches it: under any criterion it reads its entropy.
+        final = manifest.segments[-1]
+        every = set().union(*(s.criteria for s in manifest.segments))
+        self._fetches[-1] = {c: _fetch_names(final, c if c in final.criteria else "entropy") for c in every}
         self._trunk_fetches = [[s.features_output] for s in manifest.segments[:-1]]
         if self.trunks:
             trunks = [self._trunk_session(path, s, options) for path, s in zip(files, manifest.segments[:-1])]
