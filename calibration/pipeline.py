@@ -13,9 +13,11 @@ from typing import Callable, Sequence
 import torch
 
 from calibration.data import Dataset
+from calibration.adaptive import SelfDistillation, train_adaptive
 from calibration.exits import ExitTable, choose_uniform_threshold, exit_table
 from calibration.train import Distillation, TrainConfig, train_backbone, train_exits_frozen, train_joint
 from edge.manifest import MANIFEST_NAME, Manifest, OperatingPoint, load_manifest, save_manifest
+from engines.adaptive import AdaptiveBackbone, make_adaptive
 from engines.backbone import BlockBackbone
 from engines.build import BuildOptions, build_engines
 from engines.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
@@ -71,6 +73,49 @@ def multi_exit_model(
         train_exits_frozen(net, data, cfg, on_epoch=_saver(path, spec, net, recipe), distill=distill)
     else:
         train_joint(net, data, cfg, exit_weights, on_epoch=_saver(path, spec, net, recipe), distill=distill)
+    return net
+
+
+def adaptive_model(
+    spec: ModelSpec,
+    data: Dataset,
+    cfg: TrainConfig,
+    path: Path,
+    init: BlockBackbone | None = None,
+    distill: SelfDistillation = SelfDistillation(),
+    distributed: bool = False,
+    save: bool = True,
+) -> AdaptiveBackbone:
+    """An adaptive-depth backbone trained by skip-aware self-distillation, from scratch or
+    fine-tuning `init` (a plain backbone of the same architecture, trained the normal
+    way). `spec.skippable` says how many blocks each stage can skip. Under torchrun only
+    one rank should `save`."""
+    if spec.skippable is None:
+        raise ValueError("an adaptive model's spec needs skippable counts per stage")
+    recipe = _recipe(cfg, "adaptive", init) | {"distill": dataclasses.asdict(distill)}
+    reused = _reusable(path, spec, recipe, cfg.epochs)
+    if reused is not None:
+        return reused  # type: ignore[return-value]
+    plain = copy.deepcopy(init) if init is not None else spec.build_backbone()
+    backbone = plain if isinstance(plain, AdaptiveBackbone) else make_adaptive(plain, spec.skippable)
+    saver = _saver(path, spec, backbone, recipe) if save else None
+    train_adaptive(backbone, data, cfg, distill, on_epoch=saver, distributed=distributed)
+    return backbone
+
+
+def adaptive_exits(
+    spec: ModelSpec, backbone: AdaptiveBackbone, data: Dataset, cfg: TrainConfig, path: Path,
+) -> MultiExitNetwork:
+    """Exit heads after every stage but the last, on the frozen adaptive backbone, each
+    batch seen through the super-net and the base-net so the heads serve every depth."""
+    exit_spec = dataclasses.replace(spec, split_points=list(backbone.block_names[:-1]), head=HeadSpec().to_dict())
+    recipe = _recipe(cfg, "frozen-adaptive", backbone)
+    reused = _reusable(path, exit_spec, recipe, cfg.epochs)
+    if reused is not None:
+        return reused  # type: ignore[return-value]
+    net = MultiExitNetwork(copy.deepcopy(backbone), exit_spec.split_points, HeadSpec())
+    depths = [backbone.super_depth(), backbone.base_depth()]
+    train_exits_frozen(net, data, cfg, on_epoch=_saver(path, exit_spec, net, recipe), depths=depths)
     return net
 
 

@@ -9,6 +9,7 @@ exit's softened probabilities (KL at a temperature), the final exit being the te
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -24,6 +25,7 @@ from edge.backends.onnxruntime_backend import online_cores
 from engines.partition import MultiExitNetwork
 
 EpochHook = Callable[[int], None]
+StepFn = Callable[[torch.Tensor, torch.Tensor], float]  # forward, backward, return the loss
 
 
 @dataclass(frozen=True)
@@ -74,13 +76,19 @@ def train_backbone(model: nn.Module, data: Dataset, cfg: TrainConfig, on_epoch: 
 
 def train_exits_frozen(
     net: MultiExitNetwork, data: Dataset, cfg: TrainConfig, on_epoch: EpochHook | None = None, distill: Distillation | None = None,
+    depths: Sequence[str] = (),
 ) -> list[float]:
-    """Exit heads only, on a frozen backbone whose BN layers stay in eval mode."""
+    """Exit heads only, on a frozen backbone whose BN layers stay in eval mode. For an
+    adaptive-depth backbone, `depths` lists the depth configurations every batch is
+    seen through, so the heads serve each of them (the backbone's depth is restored)."""
     for p in net.backbone_parameters():
         p.requires_grad_(False)
+    set_depth = getattr(net.backbone, "set_depth", None)
+    if depths and set_depth is None:
+        raise ValueError("depth configurations need an adaptive-depth backbone")
+    restore = getattr(net.backbone, "depth", None)
 
-    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        net.backbone.eval()  # frozen BN statistics, whatever _fit set
+    def one_depth(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         features = []
         with torch.no_grad():
             for segment in net.segments[:-1]:
@@ -92,11 +100,23 @@ def train_exits_frozen(
             total = total + exit_loss(net.exit_heads[k](f), y, teacher, distill)
         return total
 
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        net.backbone.eval()  # frozen BN statistics, whatever _fit set
+        if not depths:
+            return one_depth(x, y)
+        total = x.new_zeros(())
+        for depth in depths:
+            set_depth(depth)  # type: ignore[misc]
+            total = total + one_depth(x, y)
+        return total / len(depths)
+
     try:
         return _fit(net, net.head_parameters(), data, cfg, loss, "exits (frozen)", on_epoch)
     finally:
         for p in net.backbone_parameters():
             p.requires_grad_(True)
+        if restore is not None:
+            set_depth(restore)  # type: ignore[misc]
 
 
 def train_joint(
@@ -133,27 +153,52 @@ def _fit(
     label: str,
     on_epoch: EpochHook | None,
 ) -> list[float]:
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        loss = loss_fn(x, y)
+        loss.backward()
+        return loss.item()
+
+    return fit(model, params, data, cfg, step, label, on_epoch)
+
+
+def fit(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    data: Dataset,
+    cfg: TrainConfig,
+    step: StepFn,
+    label: str,
+    on_epoch: EpochHook | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> list[float]:
+    """SGD with a one-cycle schedule; `step` computes the loss, back-propagates it and
+    returns its value. `shard` = (rank, world): this process takes every world-th batch
+    of the shared shuffled order, and every process takes the same number of steps
+    (one waiting for a gradient exchange that never comes would hang them all)."""
+    rank, world = shard
     seed_everything(cfg.seed)
-    steps_per_epoch = -(-len(data) // cfg.batch_size)
+    steps_per_epoch = (-(-len(data) // cfg.batch_size)) // world
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(data)} samples make fewer batches of {cfg.batch_size} than there are processes ({world})")
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed + rank)
     losses = []
     model.train()
     for epoch in range(cfg.epochs):
-        batches = iterate_batches(data, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)
+        batches = itertools.islice(iterate_batches(data, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch), rank, None, world)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"{label} {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
         total, count = 0.0, 0
-        for images, labels in bar:
+        for images, labels in itertools.islice(bar, steps_per_epoch):
             x = augment(torch.from_numpy(images), cfg, generator)
-            loss = loss_fn(x, torch.from_numpy(labels))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value = step(x, torch.from_numpy(labels))
             optimizer.step()
             schedule.step()
-            total += loss.item() * len(labels)
+            total += value * len(labels)
             count += len(labels)
             bar.set_postfix(loss=f"{total / count:.3f}")
+        bar.close()
         losses.append(total / max(count, 1))
         if on_epoch is not None:
             on_epoch(epoch)

@@ -16,8 +16,9 @@ from typing import Any
 from edge.atomic import sha256_file, write_json_atomic
 from edge.errors import ManifestError
 
-SCHEMA_VERSION = 2  # 2 added score_outputs, variants and profile; a version-1 reader would misread them
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3  # 2 added score_outputs, variants, profile; 3 base variants (adaptive depth)
+READABLE_VERSIONS = (1, 2, 3)
+FULL, SKIP = "F", "T"  # a depth configuration's letters: stage runs whole, or skips its skippable half
 MANIFEST_NAME = "manifest.json"
 
 
@@ -43,13 +44,20 @@ class SegmentInfo:
     outputs: list[TensorInfo] = field(default_factory=list)
     score_outputs: dict[str, str] = field(default_factory=dict)  # criterion -> output; lower = more confident
     variants: dict[str, dict[str, str]] = field(default_factory=dict)  # precision -> {file, sha256}, besides fp32
+    base: dict[str, str] | None = None  # adaptive depth: {file, sha256} of the stage with its skippable half left out
 
     def __post_init__(self) -> None:
         # Manifests without score_outputs (version 1) name only the entropy output.
         if "entropy" not in self.score_outputs:
             object.__setattr__(self, "score_outputs", {"entropy": self.score_output, **self.score_outputs})
 
-    def file_for(self, precision: str) -> str:
+    def file_for(self, precision: str, skip: bool = False) -> str:
+        if skip:
+            if self.base is None:
+                raise ManifestError(f"{self.name} has no base variant (nothing to skip)")
+            if precision != "fp32":
+                raise ManifestError(f"{self.name}: base variants are fp32 only, not {precision!r}")
+            return self.base["file"]
         if precision == "fp32":
             return self.file
         if precision not in self.variants:
@@ -116,6 +124,24 @@ class Manifest:
         known = ", ".join(p.name for p in self.operating_points)
         raise ManifestError(f"no operating point {name!r} in the manifest; known: {known}")
 
+    @property
+    def adaptive(self) -> bool:
+        return any(s.base is not None for s in self.segments)
+
+    def full_depth(self) -> str:
+        return FULL * len(self.segments)
+
+    def check_depth(self, depth: str | None) -> str:
+        """`depth` as a configuration (one letter per segment, T = skip); None = full depth."""
+        if depth is None:
+            return self.full_depth()
+        if not isinstance(depth, str) or len(depth) != len(self.segments) or set(depth) - {FULL, SKIP}:
+            raise ManifestError(f"depth must be {len(self.segments)} letters of {FULL} (full) and {SKIP} (skip), got {depth!r}")
+        fixed = [s.name for s, letter in zip(self.segments, depth) if letter == SKIP and s.base is None]
+        if fixed:
+            raise ManifestError(f"depth {depth!r}: {', '.join(fixed)} cannot skip (no base variant)")
+        return depth
+
     def lacking(self, criterion: str) -> list[str]:
         """Early segments that do not output `criterion`'s score (the final exit needs none)."""
         return [s.name for s in self.segments[:-1] if criterion not in s.criteria]
@@ -179,6 +205,7 @@ def verify_manifest_files(manifest: Manifest) -> None:
 def _named_files(manifest: Manifest) -> list[tuple[str, str]]:
     files = [(s.file, s.sha256) for s in manifest.segments]
     files += [(v["file"], v["sha256"]) for s in manifest.segments for v in s.variants.values()]
+    files += [(s.base["file"], s.base["sha256"]) for s in manifest.segments if s.base is not None]
     if manifest.static_model is not None:
         files.append((manifest.static_model["file"], manifest.static_model["sha256"]))
     return files
@@ -251,6 +278,7 @@ def _parse_segment(s: dict[str, Any]) -> SegmentInfo:
         outputs=[TensorInfo(**o) for o in s.get("outputs", [])],
         score_outputs={str(k): _text(v, "score_outputs") for k, v in s.get("score_outputs", {}).items()},
         variants=_parse_variants(s.get("variants", {})),
+        base=_parse_file_entry(s.get("base")),
     )
 
 
@@ -287,6 +315,12 @@ def _check_consistency(m: Manifest, path: Path) -> None:
             raise ManifestError(f"{path}: operating point {point.name!r} has a NaN threshold")
         if point.precision != "fp32" and any(point.precision not in s.variants for s in m.segments):
             raise ManifestError(f"{path}: operating point {point.name!r} needs {point.precision!r} engines, which not every segment has")
+        try:
+            depth = m.check_depth(point.depth)
+        except ManifestError as exc:
+            raise ManifestError(f"{path}: operating point {point.name!r}: {exc}") from None
+        if SKIP in depth and point.precision != "fp32":
+            raise ManifestError(f"{path}: operating point {point.name!r} skips stages at {point.precision!r}; base variants are fp32 only")
         lacking = m.lacking(point.criterion)
         if lacking:
             raise ManifestError(f"{path}: operating point {point.name!r} uses criterion {point.criterion!r}, which {', '.join(lacking)} do(es) not output")
@@ -302,7 +336,7 @@ def _segment_dict(s: SegmentInfo) -> dict[str, Any]:
         "name": s.name, "file": s.file, "sha256": s.sha256, "input": _tensor_dict(s.input),
         "outputs": [_tensor_dict(o) for o in s.outputs], "features_output": s.features_output,
         "probs_output": s.probs_output, "score_output": s.score_output, "exit_index": s.exit_index,
-        "score_outputs": s.score_outputs, "variants": s.variants,
+        "score_outputs": s.score_outputs, "variants": s.variants, "base": s.base,
     }
 
 

@@ -4,6 +4,10 @@ After each exit, samples whose score passes that exit's threshold leave the batc
 the next segment runs only on the rest; results come back in input order. Batch 1,
 the common case on a device, takes a path with no index bookkeeping. A switched-off
 exit (threshold None) is not computed at all: its segment runs as a trunk.
+
+For an adaptive-depth manifest both variants of every stage stay loaded, and an
+operating point's depth configuration ("FTF": T = that stage skips its skippable half)
+only picks which engine each segment call goes to: switching depth reloads nothing.
 """
 
 from __future__ import annotations
@@ -12,13 +16,13 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from edge.backends import Backend, create_backend
 from edge.errors import InputError, ManifestError
-from edge.manifest import Manifest, load_manifest
+from edge.manifest import SKIP, Manifest, load_manifest
 
 NEVER = -math.inf  # no score passes: the exit is switched off and its segment runs as a trunk
 
@@ -33,6 +37,22 @@ class InferenceResult:
     segment_ms: list[float]  # wall time of each segment run for this batch (0 where not run)
     total_ms: float
     operating_point: str
+
+
+class _Step(NamedTuple):
+    """How one segment is called under an operating point: its engine's run and advance."""
+
+    run: Callable[..., Any]
+    advance: Callable[[int, Any], Any]
+
+
+class _Point(NamedTuple):
+    name: str
+    limits: list[float]
+    criterion: str
+    precision: str
+    depth: str
+    steps: list[_Step]
 
 
 class Runtime:
@@ -51,10 +71,12 @@ class Runtime:
         self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
         self.backend = create_backend(backend, **backend_options) if isinstance(backend, str) else backend
         self.backend.load(self.manifest)
-        self._backends = {"fp32": self.backend}
+        self._backends: dict[tuple[str, bool], Backend] = {("fp32", False): self.backend}  # (precision, skip)
         try:
             for precision in self._extra_precisions(precisions):
-                self._backends[precision] = self._load_precision(precision)
+                self._backends[(precision, False)] = self._load_variant(precision, False)
+            if self.manifest.adaptive:  # base variants are fp32 only
+                self._backends[("fp32", True)] = self._load_variant("fp32", True)
         except Exception:
             self.close()  # nothing half-loaded stays open
             raise
@@ -66,7 +88,7 @@ class Runtime:
 
     @property
     def operating_point(self) -> str:
-        return self._point[0]
+        return self._point.name
 
     def set_operating_point(self, name: str) -> None:
         """Switch between requests: one reference swap, so a running call keeps its point."""
@@ -74,11 +96,15 @@ class Runtime:
 
     @property
     def criterion(self) -> str:
-        return self._point[2]
+        return self._point.criterion
 
     @property
     def precision(self) -> str:
-        return self._point[3]
+        return self._point.precision
+
+    @property
+    def depth(self) -> str:
+        return self._point.depth
 
     def _extra_precisions(self, asked: Sequence[str] | None) -> list[str]:
         available = set.intersection(*(set(s.variants) for s in self.manifest.segments))
@@ -89,79 +115,97 @@ class Runtime:
             raise ManifestError(f"{self.manifest.name}: no {missing} engines for every segment; available: {sorted(available)}")
         return [p for p in dict.fromkeys(asked) if p != "fp32"]
 
-    def _load_precision(self, precision: str) -> Backend:
+    def _load_variant(self, precision: str, skip: bool) -> Backend:
         backend = self.backend.spawn()
-        backend.load(self.manifest, precision)
+        backend.load(self.manifest, precision, skip)
         return backend
 
-    def _resolve(self, name: str) -> tuple[str, list[float], str, str]:
+    def _resolve(self, name: str) -> _Point:
         point = self.manifest.point(name)
-        self.backend_for(point.precision)  # refuse a point whose engines were not loaded
-        return name, exit_limits(point.thresholds), point.criterion, point.precision
+        depth = self.manifest.check_depth(point.depth)
+        return _Point(name, exit_limits(point.thresholds), point.criterion, point.precision, depth, self._steps(point.precision, depth))
+
+    def _steps(self, precision: str, depth: str) -> list[_Step]:
+        """Each segment's engine under `precision` and `depth`; refuses engines not loaded."""
+        steps = []
+        for letter in depth:
+            backend = self.backend_for(precision, letter == SKIP)
+            steps.append(_Step(backend.run, backend.advance))
+        return steps
 
     def infer(
         self, images: np.ndarray, thresholds: Sequence[float | None] | None = None, criterion: str | None = None,
-        precision: str | None = None,
+        precision: str | None = None, depth: str | None = None,
     ) -> InferenceResult:
-        """Classify a (n, C, H, W) float32 batch. `thresholds`, `criterion` and `precision`
-        override the operating point's."""
+        """Classify a (n, C, H, W) float32 batch. `thresholds`, `criterion`, `precision`
+        and `depth` override the operating point's."""
         self.check_input(images)
-        name, limits, point_criterion, point_precision = self._point
+        point = self._point  # one read: a concurrent switch does not split this call
+        name, limits, point_criterion, steps = point.name, point.limits, point.criterion, point.steps
         if thresholds is not None:
             name, limits = "custom", self._custom_thresholds(thresholds)
         if criterion is not None and criterion != point_criterion:
             name, point_criterion = "custom", self._check_criterion(criterion)
-        if precision is not None and precision != point_precision:
-            name, point_precision = "custom", precision
-        backend = self.backend_for(point_precision)
+        if (precision is not None and precision != point.precision) or (depth is not None and depth != point.depth):
+            name, steps = "custom", self._custom_steps(precision or point.precision, depth or point.depth)
         start = time.perf_counter()
         if len(images) == 1:
-            probs, exits, segment_ms = self._infer_one(backend, images, limits, point_criterion)
+            probs, exits, segment_ms = self._infer_one(steps, images, limits, point_criterion)
         else:
-            probs, exits, segment_ms = self._infer_batch(backend, images, limits, point_criterion)
+            probs, exits, segment_ms = self._infer_batch(steps, images, limits, point_criterion)
         total_ms = (time.perf_counter() - start) * 1e3
         return InferenceResult(probs.argmax(axis=1), probs, exits, segment_ms, total_ms, name)
 
-    def backend_for(self, precision: str) -> Backend:
-        backend = self._backends.get(precision)
+    def backend_for(self, precision: str, skip: bool = False) -> Backend:
+        backend = self._backends.get((precision, skip))
         if backend is None:
-            raise InputError(f"precision {precision!r} is not loaded; this runtime has {sorted(self._backends)}")
+            if skip:
+                raise InputError(f"no base variants at {precision!r}: skipping stages needs an adaptive-depth manifest, at fp32")
+            loaded = sorted({p for p, _ in self._backends})
+            raise InputError(f"precision {precision!r} is not loaded; this runtime has {loaded}")
         return backend
 
-    def _infer_one(self, backend: Backend, image: np.ndarray, limits: list[float], criterion: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    def _custom_steps(self, precision: str, depth: str) -> list[_Step]:
+        try:
+            depth = self.manifest.check_depth(depth)
+        except ManifestError as exc:
+            raise InputError(str(exc)) from None
+        return self._steps(precision, depth)
+
+    def _infer_one(self, steps: list[_Step], image: np.ndarray, limits: list[float], criterion: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
         segment_ms = [0.0] * self.num_exits
-        features = backend.upload(image)
-        run, advance, clock = backend.run, backend.advance, time.perf_counter
+        features = self.backend.upload(image)
+        clock = time.perf_counter
         last = self.num_exits - 1
         before = clock()
         for k, limit in enumerate(limits):
             if limit == NEVER:
-                features = advance(k, features)
+                features = steps[k].advance(k, features)
                 now = clock()
                 segment_ms[k], before = (now - before) * 1e3, now
                 continue
-            features, probs, scores = run(k, features, criterion)
+            features, probs, scores = steps[k].run(k, features, criterion)
             now = clock()
             segment_ms[k], before = (now - before) * 1e3, now
             if k == last or float(scores[0]) <= limit:  # compared in float64; NaN exits only at the end
                 return probs, self._exit_ids[k], segment_ms
         raise AssertionError("unreachable: the final exit always returns")
 
-    def _infer_batch(self, backend: Backend, images: np.ndarray, limits: list[float], criterion: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    def _infer_batch(self, steps: list[_Step], images: np.ndarray, limits: list[float], criterion: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
         n = len(images)
         all_probs = np.empty((n, len(self.manifest.classes)), dtype=np.float32)
         exits = np.empty(n, dtype=np.int64)
         segment_ms = [0.0] * self.num_exits
         remaining = np.arange(n)
-        features = backend.upload(images)
+        features = self.backend.upload(images)
         last = self.num_exits - 1
         for k, limit in enumerate(limits):
             t0 = time.perf_counter()
             if limit == NEVER:
-                features = backend.advance(k, features)
+                features = steps[k].advance(k, features)
                 segment_ms[k] = (time.perf_counter() - t0) * 1e3
                 continue
-            features, probs, scores = backend.run(k, features, criterion)
+            features, probs, scores = steps[k].run(k, features, criterion)
             segment_ms[k] = (time.perf_counter() - t0) * 1e3
             leave = np.ones(len(remaining), dtype=bool) if k == last else scores <= np.float64(limit)
             all_probs[remaining[leave]] = probs[leave]
@@ -170,7 +214,7 @@ class Runtime:
                 break
             if leave.any():
                 stay = np.flatnonzero(~leave)
-                features = backend.take(features, stay)
+                features = self.backend.take(features, stay)
                 remaining = remaining[stay]
         return all_probs, exits, segment_ms
 

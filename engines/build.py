@@ -24,6 +24,7 @@ from engines.export import (
     CRITERIA, ENTROPY, FEATURES, PROBS, ExportableSegment, ExportableStatic, ExportedGraph,
     export_segments, export_static, exportable_segments, max_abs_diff_vs_torch,
 )
+from engines.adaptive import AdaptiveBackbone
 from engines.partition import MultiExitNetwork
 
 TOLERANCE = 1e-4
@@ -59,6 +60,7 @@ def build_engines(
     out_dir = Path(out_dir)
     net = net.eval()
     example = torch.from_numpy(real_inputs[:2].astype(np.float32))
+    base_graphs = _export_base_variants(net, out_dir, example, temperatures, gates, real_inputs, options)
     graphs = export_segments(net, out_dir, example, temperatures, gates)
     check_segments(net, exportable_segments(net, temperatures, gates), graphs, real_inputs, options.random_check_batches)
     static = None
@@ -67,19 +69,42 @@ def build_engines(
         graph = export_static(backbone, out_dir / "static.onnx", example)
         _check(ExportableStatic(backbone), graph, _check_batches(real_inputs, options.random_check_batches))
         static = {"file": graph.path.name, "sha256": sha256_file(graph.path)}
-    manifest = describe(net, graphs, classes, points, options, static, out_dir, temperatures)
+    manifest = describe(net, graphs, classes, points, options, static, out_dir, temperatures, base_graphs)
     save_manifest(manifest, out_dir / MANIFEST_NAME)
     return manifest
 
 
+def _export_base_variants(
+    net: MultiExitNetwork, out_dir: Path, example: torch.Tensor, temperatures: Sequence[float] | None,
+    gates: Sequence[torch.nn.Module] | None, real_inputs: np.ndarray, options: BuildOptions,
+) -> list[ExportedGraph | None]:
+    """For an adaptive-depth backbone, segment_{k}.base.onnx: stage k with its skippable
+    half left out and its skip-aware BNs (checked against torch at the base-net depth)."""
+    backbone = net.backbone
+    if not isinstance(backbone, AdaptiveBackbone):
+        return [None] * net.num_exits
+    if net.splits != list(range(len(backbone.stages) - 1)):
+        raise ValueError("an adaptive-depth network needs an exit after every stage but the last (one segment per stage)")
+    restore = backbone.depth
+    backbone.set_depth(backbone.base_depth())
+    try:
+        skipping = {k for k, n in enumerate(backbone.skippable) if n}
+        graphs = export_segments(net, out_dir, example, temperatures, gates, suffix=".base", only=skipping)
+        check_segments(net, exportable_segments(net, temperatures, gates), graphs, real_inputs, options.random_check_batches)
+    finally:
+        backbone.set_depth(restore)
+    return graphs
+
+
 def check_segments(
-    net: MultiExitNetwork, wrapped: Sequence[ExportableSegment], graphs: Sequence[ExportedGraph],
+    net: MultiExitNetwork, wrapped: Sequence[ExportableSegment], graphs: Sequence[ExportedGraph | None],
     real_inputs: np.ndarray, random_batches: int,
 ) -> None:
     """Each engine fed with the previous torch segment's features must match torch."""
     batches = _check_batches(real_inputs, random_batches)
     for segment, module, graph in zip(net.segments, wrapped, graphs):
-        _check(module, graph, batches)
+        if graph is not None:
+            _check(module, graph, batches)
         with torch.no_grad():
             batches = [segment(torch.from_numpy(b))[0].numpy() for b in batches]
 
@@ -106,9 +131,11 @@ def describe(
     static: dict[str, str] | None,
     out_dir: Path,
     temperatures: Sequence[float] | None = None,
+    base_graphs: Sequence[ExportedGraph | None] | None = None,
 ) -> Manifest:
     backbone = net.backbone
-    segments = [_segment_info(k, g) for k, g in enumerate(graphs)]
+    bases = list(base_graphs) if base_graphs is not None else [None] * len(graphs)
+    segments = [_segment_info(k, g, b) for k, (g, b) in enumerate(zip(graphs, bases))]
     temps = list(temperatures) if temperatures is not None else [1.0] * net.num_exits
     exits = [ExitInfo(k, name, temperature=float(t)) for k, (name, t) in enumerate(zip(net.exit_names(), temps))]
     points = list(points) or [OperatingPoint("full", [None] * (net.num_exits - 1))]
@@ -129,7 +156,8 @@ def describe(
     )
 
 
-def _segment_info(index: int, graph: ExportedGraph) -> SegmentInfo:
+def _segment_info(index: int, graph: ExportedGraph | None, base: ExportedGraph | None = None) -> SegmentInfo:
+    assert graph is not None, "every segment has a full variant"
     names = [o.name for o in graph.outputs]
     return SegmentInfo(
         name=f"segment_{index}",
@@ -142,6 +170,7 @@ def _segment_info(index: int, graph: ExportedGraph) -> SegmentInfo:
         score_outputs={c: c for c in CRITERIA if c in names},
         exit_index=index,
         outputs=[TensorInfo(o.name, o.shape) for o in graph.outputs],
+        base=None if base is None else {"file": base.path.name, "sha256": sha256_file(base.path)},
     )
 
 

@@ -10,6 +10,7 @@ import torch
 
 from edge.atomic import atomic_path
 from edge.errors import UserError
+from engines.adaptive import make_adaptive
 from engines.backbone import BlockBackbone
 from engines.heads import HeadSpec
 from engines.partition import MultiExitNetwork
@@ -27,11 +28,13 @@ class ModelSpec:
     classes: list[str]
     split_points: list[int] = field(default_factory=list)  # empty: a plain backbone
     head: dict[str, Any] = field(default_factory=dict)
+    skippable: list[int] | None = None  # adaptive depth: skippable blocks per stage; None = plain
 
     def build_backbone(self) -> BlockBackbone:
         kwargs = dict(self.backbone_kwargs)
         kwargs["input_shape"] = tuple(kwargs["input_shape"])
-        return create_backbone(self.backbone, num_classes=len(self.classes), **kwargs)
+        backbone = create_backbone(self.backbone, num_classes=len(self.classes), **kwargs)
+        return backbone if self.skippable is None else make_adaptive(backbone, self.skippable)
 
     def build(self) -> MultiExitNetwork | BlockBackbone:
         backbone = self.build_backbone()

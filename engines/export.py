@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import torch
@@ -127,15 +127,21 @@ def export_segments(
     example: torch.Tensor,
     temperatures: Sequence[float] | None = None,
     gates: Sequence[nn.Module] | None = None,
-) -> list[ExportedGraph]:
-    """segment_{k}.onnx for every segment, each fed by the previous one's features.
-    `gates`, if given, has one gate per early exit."""
+    suffix: str = "",
+    only: Collection[int] | None = None,
+) -> list[ExportedGraph | None]:
+    """segment_{k}{suffix}.onnx for every segment (or those in `only`; None for the
+    rest), each fed by the previous one's features. `gates`, if given, has one gate
+    per early exit."""
     wrapped = exportable_segments(net, temperatures, gates)
-    exported = []
+    exported: list[ExportedGraph | None] = []
     x = example
     for k, (segment, module) in enumerate(zip(net.segments, wrapped)):
-        path = out_dir / f"segment_{k}.onnx"
-        exported.append(export_module(module, x, path, segment_input_name(k), module.output_names()))
+        if only is None or k in only:
+            path = out_dir / f"segment_{k}{suffix}.onnx"
+            exported.append(export_module(module, x, path, segment_input_name(k), module.output_names()))
+        else:
+            exported.append(None)
         with torch.no_grad():
             x = segment(x)[0]
     return exported

@@ -30,9 +30,10 @@ class Backend(ABC):
     name: str = "abstract"
 
     @abstractmethod
-    def load(self, manifest: Manifest, precision: str = "fp32") -> None:
+    def load(self, manifest: Manifest, precision: str = "fp32", skip: bool = False) -> None:
         """Create an engine per segment from the files of `precision`; raise ManifestError
-        naming a file that will not load."""
+        naming a file that will not load. With `skip` (adaptive depth), segments that have
+        a base variant load it instead; the others load their only engine."""
 
     def spawn(self) -> "Backend":
         """A new, unloaded backend with this one's options, for another precision's engines.

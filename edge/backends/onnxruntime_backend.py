@@ -107,9 +107,9 @@ class OnnxRuntimeBackend(Backend):
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         return options
 
-    def load(self, manifest: Manifest, precision: str = "fp32") -> None:
+    def load(self, manifest: Manifest, precision: str = "fp32", skip: bool = False) -> None:
         options = self.session_options()
-        files = [manifest.path_of(s.file_for(precision)) for s in manifest.segments]
+        files = [manifest.path_of(s.file_for(precision, skip and s.base is not None)) for s in manifest.segments]
         self._sessions = [self.open_session(path, options) for path in files]
         self._runners = [self.runner(session) for session in self._sessions]
         self._feeds = [s.input.name for s in manifest.segments]

@@ -1,0 +1,136 @@
+"""train-adaptive: an adaptive-depth network by skip-aware self-distillation (seed 003).
+
+    edge-train-adaptive --arch resnet32 --out runs/adaptive --epochs 2
+    edge-train-adaptive --init runs/bench/resnet20/static.pt --out runs/adaptive   # fine-tune
+    torchrun --nproc_per_node 2 -m tools.train_adaptive --out runs/adaptive      # DDP, gloo
+
+Writes adaptive.pt (the backbone) and, with --exit-epochs > 0, adaptive-exits.pt (exit
+heads after every stage but the last, trained on the frozen backbone at the super-net
+and base-net depths), then prints the test accuracy of every depth configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from calibration import pipeline
+from calibration.adaptive import SelfDistillation, depth_accuracies
+from calibration.data import Dataset, load_dataset
+from calibration.train import TrainConfig, exit_accuracies, set_threads
+from edge.backends.onnxruntime_backend import online_cores
+from edge.errors import UserError
+from engines.backbone import BlockBackbone
+from engines.checkpoint import ModelSpec, load_checkpoint
+from engines.registry import list_backbones
+from tools._cli import run_main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="edge-train-adaptive", description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="resnet20", choices=list_backbones(), help="ignored with --init")
+    p.add_argument("--init", type=Path, help="a plain backbone checkpoint to fine-tune (default: train from scratch)")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--skippable", help="blocks each stage can skip, comma-separated (default: half of each stage)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--exit-epochs", type=int, default=1, help="0: no exit heads")
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the super-net's cross-entropy")
+    p.add_argument("--outputs-only", action="store_true", help="distil predictions only, not stage outputs")
+    p.add_argument("--train-samples", type=int, default=0)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rank, world = _start_distributed()
+    try:
+        set_threads(max(1, online_cores() // world))
+        train = load_dataset(args.data, "train")
+        if args.train_samples:
+            train = train.subset(slice(0, args.train_samples))
+        spec, init = _spec_and_init(args, train)
+        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, shift=1, seed=args.seed, progress=rank == 0)
+        distill = SelfDistillation(args.alpha, features=not args.outputs_only)
+        backbone = pipeline.adaptive_model(spec, train, cfg, args.out / "adaptive.pt", init, distill, world > 1, save=rank == 0)
+        if rank == 0:
+            _finish(args, spec, backbone, train, cfg)
+    finally:
+        _stop_distributed(world)
+    return 0
+
+
+def _finish(args: argparse.Namespace, spec: ModelSpec, backbone: BlockBackbone, train: Dataset, cfg: TrainConfig) -> None:
+    test = load_dataset(args.data, "test")
+    print(f"adaptive backbone -> {args.out / 'adaptive.pt'}")
+    for depth, accuracy in depth_accuracies(backbone, test).items():  # type: ignore[arg-type]
+        print(f"  depth {depth}: test accuracy {accuracy:.2%}")
+    if args.exit_epochs > 0:
+        exit_cfg = TrainConfig(epochs=args.exit_epochs, batch_size=args.batch_size, lr=0.05, shift=1, seed=args.seed)
+        net = pipeline.adaptive_exits(spec, backbone, train, exit_cfg, args.out / "adaptive-exits.pt")  # type: ignore[arg-type]
+        for depth in (backbone.super_depth(), backbone.base_depth()):  # type: ignore[attr-defined]
+            net.backbone.set_depth(depth)  # type: ignore[operator]
+            accs = ", ".join(f"{a:.2%}" for a in exit_accuracies(net, test))
+            print(f"  exits at depth {depth}: {accs} -> {args.out / 'adaptive-exits.pt'}")
+
+
+def _spec_and_init(args: argparse.Namespace, train: Dataset) -> tuple[ModelSpec, BlockBackbone | None]:
+    init = None
+    if args.init is not None:
+        spec, model, _ = load_checkpoint(args.init)
+        if spec.split_points or spec.skippable is not None:
+            raise UserError(f"{args.init}: --init takes a plain backbone checkpoint (edge-train writes static.pt)")
+        init = model  # type: ignore[assignment]
+    else:
+        spec = pipeline.backbone_spec(args.arch, train)
+    stages = len(spec.build_backbone().stage_ends)
+    skippable = _parse_counts(args.skippable, stages) if args.skippable else None
+    spec.skippable = skippable if skippable is not None else _default_skippable(spec)
+    return spec, init
+
+
+def _default_skippable(spec: ModelSpec) -> list[int]:
+    from engines.adaptive import make_adaptive
+
+    return make_adaptive(spec.build_backbone()).skippable
+
+
+def _parse_counts(text: str, stages: int) -> list[int]:
+    try:
+        counts = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise UserError(f"--skippable must be integers separated by commas, got {text!r}") from None
+    if len(counts) != stages:
+        raise UserError(f"--skippable needs one count per stage ({stages}), got {len(counts)}")
+    return counts
+
+
+def _start_distributed() -> tuple[int, int]:
+    """(rank, world size): torchrun sets WORLD_SIZE; gloo runs on the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    return dist.get_rank(), world
+
+
+def _stop_distributed(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def cli() -> int:
+    return run_main(main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
