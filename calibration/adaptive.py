@@ -124,6 +124,20 @@ def train_adaptive(
         return fit(model, list(backbone.parameters()), data, cfg, step, "adaptive depth", on_epoch, shard)
     finally:
         backbone.set_depth(backbone.super_depth())
+        if distributed:
+            average_buffers(backbone)
+
+
+def average_buffers(module: nn.Module) -> None:
+    """Average BN running statistics over the ranks. DDP copies rank 0's buffers at
+    each forward, but the last forward's update stays local to every rank."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(world)
 
 
 @torch.no_grad()

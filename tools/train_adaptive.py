@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, shift=1, seed=args.seed, progress=rank == 0)
         distill = SelfDistillation(args.alpha, features=not args.outputs_only)
         backbone = pipeline.adaptive_model(spec, train, cfg, args.out / "adaptive.pt", init, distill, world > 1, save=rank == 0)
+        if world > 1:  # replicas that stayed in step print the same fingerprint
+            print(f"rank {rank}/{world}: weights {pipeline.weights_fingerprint(backbone)[:16]}", flush=True)
         if rank == 0:
             _finish(args, spec, backbone, train, cfg)
     finally:
