@@ -1,0 +1,197 @@
+"""adaptive-report: every depth configuration of an adaptive-depth network measured, and the
+Pareto frontier of depth configuration x exit thresholds.
+
+    edge-adaptive-report --checkpoint runs/adn/adaptive-exits.pt --static runs/adn/static.pt --out runs/adn/report
+
+Builds the engines (both variants of every stage) into OUT/engines, then at batch 1 on
+the test split, block-interleaved: the static model and every depth configuration with
+exits off (the table and bar chart), then every depth configuration at each entropy
+threshold (the frontier). The frontier's points become the manifest's operating points,
+with the depth configuration they run at. Writes adaptive.json, depths.png, pareto.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from calibration import pipeline
+from calibration.data import Dataset, load_dataset
+from calibration.evaluate import Config, Measurement, StaticModel, measure_interleaved, runtime_config
+from calibration.train import set_threads
+from edge.atomic import write_json_atomic
+from edge.backends.onnxruntime_backend import online_cores
+from edge.errors import UserError
+from edge.manifest import OperatingPoint
+from edge.runtime import Runtime
+from engines.adaptive import AdaptiveBackbone
+from engines.build import BuildOptions, build_engines
+from engines.checkpoint import load_checkpoint
+from engines.partition import MultiExitNetwork
+from tools._cli import run_main
+from tools.adaptive_plot import plot_depths, plot_pareto
+from tools.calibrate import check_data
+
+THRESHOLDS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.8]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="edge-adaptive-report", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, required=True, help="adaptive-exits.pt from edge-train-adaptive")
+    p.add_argument("--static", type=Path, help="the same network trained the normal way (static.pt), to compare with")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--test-samples", type=int, default=0, help="for the depth table; 0 = the whole test split")
+    p.add_argument("--sweep-samples", type=int, default=3000, help="for the depth x threshold sweep")
+    p.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)), help="entropy thresholds (nats), comma-separated")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_threads()
+    net, static = load_networks(args.checkpoint, args.static)
+    test = load_dataset(args.data, "test")
+    check_data(net, test, args)
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    manifest = build_engines(
+        net, args.out / "engines", test.classes, test.images[:16],
+        options=BuildOptions(name=args.checkpoint.stem), static_backbone=static,
+    )
+    runtime = Runtime(manifest)
+    static_model = StaticModel(manifest.path_of(manifest.static_model["file"])) if static is not None else None  # type: ignore[index]
+    depths = net.backbone.depth_configs()  # type: ignore[operator]
+    table_data = test.subset(slice(0, args.test_samples)) if args.test_samples else test
+    table = measure_depths(runtime, static_model, depths, table_data)
+    sweep_data = test.subset(slice(0, min(args.sweep_samples, len(test))))
+    sweep = measure_sweep(runtime, static_model, depths, thresholds, sweep_data)
+    report = make_report(args, table, sweep, depths, (len(table_data), len(sweep_data)), thresholds)
+    pipeline.with_points(manifest, operating_points(report, runtime.num_exits))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "adaptive.json", report)
+    plot_depths(report, args.out / "depths.png")
+    plot_pareto(report, args.out / "pareto.png")
+    print_summary(report)
+    print(f"wrote {args.out / 'adaptive.json'}, depths.png, pareto.png; engines and operating points in {args.out / 'engines'}")
+    runtime.close()
+    return 0
+
+
+def load_networks(checkpoint: Path, static_path: Path | None) -> tuple[MultiExitNetwork, Any]:
+    _, net, _ = load_checkpoint(checkpoint)
+    if not isinstance(net, MultiExitNetwork) or not isinstance(net.backbone, AdaptiveBackbone):
+        raise UserError(f"{checkpoint}: not an adaptive-depth network with exits (edge-train-adaptive writes adaptive-exits.pt)")
+    static = None
+    if static_path is not None:
+        _, static, _ = load_checkpoint(static_path)
+        if isinstance(static, MultiExitNetwork) or isinstance(static, AdaptiveBackbone):
+            raise UserError(f"{static_path}: --static takes a plain backbone checkpoint (static.pt)")
+    return net, static
+
+
+def measure_depths(runtime: Runtime, static: StaticModel | None, depths: list[str], data: Dataset) -> dict[str, Measurement]:
+    """Every depth configuration with its exits off, and the static model, interleaved."""
+    off = [None] * (runtime.num_exits - 1)
+    configs: dict[str, Config] = {"static": static.config()} if static is not None else {}
+    configs |= {depth: runtime_config(runtime, off, depth=depth) for depth in depths}
+    return measure_interleaved(configs, data)
+
+
+def measure_sweep(
+    runtime: Runtime, static: StaticModel | None, depths: list[str], thresholds: list[float], data: Dataset,
+) -> dict[str, Measurement]:
+    """Every depth at every threshold (and exits off), with the static model alongside
+    so that the frontier's latencies compare with it under the same conditions."""
+    configs: dict[str, Config] = {"static": static.config()} if static is not None else {}
+    for depth in depths:
+        for threshold in [None, *thresholds]:
+            limits = [threshold] * (runtime.num_exits - 1)
+            configs[sweep_name(depth, threshold)] = runtime_config(runtime, limits, depth=depth)
+    return measure_interleaved(configs, data)
+
+
+def sweep_name(depth: str, threshold: float | None) -> str:
+    return f"{depth}-off" if threshold is None else f"{depth}-t{threshold:g}"
+
+
+def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points no other point beats on both latency and accuracy, fastest first."""
+    front: list[dict[str, Any]] = []
+    for point in sorted(points, key=lambda p: (p["mean_ms"], -p["accuracy"])):
+        if not front or point["accuracy"] > front[-1]["accuracy"]:
+            front.append(point)
+    return front
+
+
+def make_report(
+    args: argparse.Namespace, table: dict[str, Measurement], sweep: dict[str, Measurement],
+    depths: list[str], samples: tuple[int, int], thresholds: list[float],
+) -> dict[str, Any]:
+    super_depth, base_depth = depths[0], depths[-1]
+    rows = {name: m.to_dict() for name, m in table.items()}
+    points = []
+    for depth in depths:
+        for threshold in [None, *thresholds]:
+            m = sweep[sweep_name(depth, threshold)]
+            points.append({"depth": depth, "threshold": threshold, **m.to_dict()})
+    full, base = rows[super_depth], rows[base_depth]
+    summary = {
+        "super_accuracy": full["accuracy"], "base_accuracy": base["accuracy"],
+        "base_accuracy_drop_points": 100 * (full["accuracy"] - base["accuracy"]),
+        "base_latency_vs_super": base["mean_ms"] / full["mean_ms"],
+    }
+    if "static" in rows:
+        summary["static_accuracy"] = rows["static"]["accuracy"]
+        summary["super_vs_static_points"] = 100 * (full["accuracy"] - rows["static"]["accuracy"])
+        summary["super_latency_vs_static"] = full["mean_ms"] / rows["static"]["mean_ms"]
+    return {
+        "dataset": args.data, "checkpoint": str(args.checkpoint), "backend": "onnxruntime CPU", "threads": online_cores(),
+        "super_depth": super_depth, "base_depth": base_depth,
+        "table_samples": samples[0], "depths": rows, "sweep_samples": samples[1],
+        "thresholds": thresholds, "sweep": points, "pareto": pareto_front(points),
+        "sweep_static": sweep["static"].to_dict() if "static" in sweep else None, "summary": summary,
+    }
+
+
+def operating_points(report: dict[str, Any], num_exits: int) -> list[OperatingPoint]:
+    """Full and base depth with exits off, then the frontier's points, fastest last."""
+    rows = report["depths"]
+    points = [
+        OperatingPoint("full", [None] * (num_exits - 1), measured=_measured(rows[report["super_depth"]])),
+        OperatingPoint("base", [None] * (num_exits - 1), depth=report["base_depth"], measured=_measured(rows[report["base_depth"]])),
+    ]
+    for p in sorted(report["pareto"], key=lambda p: -p["accuracy"]):
+        name = sweep_name(p["depth"], p["threshold"])
+        if p["threshold"] is None and p["depth"] in (report["super_depth"], report["base_depth"]):
+            continue  # already there
+        points.append(OperatingPoint(name, [p["threshold"]] * (num_exits - 1), depth=p["depth"], measured=_measured(p)))
+    return points
+
+
+def _measured(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m[k] for k in ("accuracy", "mean_ms", "p50_ms", "p99_ms", "exit_fractions", "samples")}
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    rows = report["depths"]
+    reference = rows[report["super_depth"]]["mean_ms"]
+    print(f"\n== depth configurations ({report['table_samples']} test images, batch 1, exits off; T = stage skipped)")
+    for name, m in rows.items():
+        print(f"  {name:>8}  acc {m['accuracy']:.2%}  mean {m['mean_ms']:.3f} ms ({m['mean_ms'] / reference:.2f}x super)  p99 {m['p99_ms']:.3f} ms")
+    print(f"\n== Pareto frontier, depth x entropy threshold ({report['sweep_samples']} test images)")
+    for p in report["pareto"]:
+        reach = ", ".join(f"{f:.2f}" for f in p["exit_fractions"])
+        print(f"  {sweep_name(p['depth'], p['threshold']):>12}  acc {p['accuracy']:.2%}  mean {p['mean_ms']:.3f} ms  exits [{reach}]")
+    s = report["summary"]
+    print(f"\nbase-net: {s['base_accuracy_drop_points']:.2f} points below the super-net at {s['base_latency_vs_super']:.2f}x its latency")
+    if "super_vs_static_points" in s:
+        print(f"super-net vs the network trained normally: {s['super_vs_static_points']:+.2f} points, {s['super_latency_vs_static']:.2f}x latency")
+
+
+def cli() -> int:
+    return run_main(main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
