@@ -101,12 +101,13 @@ def test_a_bad_depth_configuration_is_refused(depth: str, message: str) -> None:
         adaptive.set_depth(depth)
 
 
-def test_mobilenet_v2_converts_with_its_single_block_stages_fixed() -> None:
+@pytest.mark.parametrize("arch, skippable", [("tv_resnet18", [1, 1, 1, 1]), ("tv_mobilenet_v2", [0, 1, 1, 2, 1, 1, 0])])
+def test_torchvision_networks_convert_single_block_stages_stay_fixed(arch: str, skippable: list[int]) -> None:
     pytest.importorskip("torchvision", reason="torchvision (the 'vision' extra) is not installed")
-    plain = create_backbone("tv_mobilenet_v2", input_shape=(1, 28, 28), num_classes=10).eval()
+    plain = create_backbone(arch, input_shape=(1, 28, 28), num_classes=10).eval()
     adaptive = make_adaptive(copy.deepcopy(plain)).eval()
-    assert adaptive.skippable == [0, 1, 1, 2, 1, 1, 0]
-    assert len(adaptive.depth_configs()) == 2**5
+    assert adaptive.skippable == skippable
+    assert len(adaptive.depth_configs()) == 2 ** sum(1 for n in skippable if n)
     x = torch.rand(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(adaptive(x), plain(x))
