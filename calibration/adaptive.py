@@ -120,17 +120,23 @@ def train_adaptive(
         model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
         shard, mode = (dist.get_rank(), dist.get_world_size()), "sequential"
     step = self_distillation_step(model, backbone, distill, mode)
+
+    def end_of_epoch(epoch: int) -> None:
+        if distributed:  # every rank, before rank 0 saves: the checkpoint holds the averaged statistics
+            average_buffers(backbone)
+        if on_epoch is not None:
+            on_epoch(epoch)
+
     try:
-        return fit(model, list(backbone.parameters()), data, cfg, step, "adaptive depth", on_epoch, shard)
+        return fit(model, list(backbone.parameters()), data, cfg, step, "adaptive depth", end_of_epoch, shard)
     finally:
         backbone.set_depth(backbone.super_depth())
-        if distributed:
-            average_buffers(backbone)
 
 
 def average_buffers(module: nn.Module) -> None:
-    """Average BN running statistics over the ranks. DDP copies rank 0's buffers at
-    each forward, but the last forward's update stays local to every rank."""
+    """Average BN running statistics over the ranks (a collective: every rank calls it).
+    DDP copies rank 0's buffers at each forward, but the last forward's update stays
+    local to every rank."""
     import torch.distributed as dist
 
     world = dist.get_world_size()

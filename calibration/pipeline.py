@@ -93,7 +93,13 @@ def adaptive_model(
     if spec.skippable is None:
         raise ValueError("an adaptive model's spec needs skippable counts per stage")
     recipe = _recipe(cfg, "adaptive", init) | {"distill": dataclasses.asdict(distill)}
-    reused = _reusable(path, spec, recipe, cfg.epochs)
+    if distributed:
+        import torch.distributed as dist
+
+        recipe["world"] = dist.get_world_size()
+    # Under torchrun a rank deciding alone to reuse a file (that others may not see)
+    # would leave the rest waiting in DDP's first broadcast: there it always trains.
+    reused = None if distributed else _reusable(path, spec, recipe, cfg.epochs)
     if reused is not None:
         return reused  # type: ignore[return-value]
     plain = copy.deepcopy(init) if init is not None else spec.build_backbone()

@@ -297,6 +297,8 @@ def _check_consistency(m: Manifest, path: Path) -> None:
         raise ManifestError(f"{path}: segments and exits must pair up in order")
     if any(s.features_output is None for s in m.segments[:-1]) or m.segments[-1].features_output is not None:
         raise ManifestError(f"{path}: every segment but the last must output features")
+    if m.schema_version < 3 and m.adaptive:
+        raise ManifestError(f"{path}: base variants need schema version 3, this manifest says {m.schema_version}")
     for segment in m.segments:
         named = {o.name for o in segment.outputs}
         unknown = [o for o in segment.score_outputs.values() if named and o not in named]

@@ -117,7 +117,10 @@ class Runtime:
 
     def _load_variant(self, precision: str, skip: bool) -> Backend:
         backend = self.backend.spawn()
-        backend.load(self.manifest, precision, skip)
+        if skip:
+            backend.load(self.manifest, precision, skip=True)
+        else:  # a backend written before adaptive depth takes no `skip`
+            backend.load(self.manifest, precision)
         return backend
 
     def _resolve(self, name: str) -> _Point:
@@ -126,7 +129,11 @@ class Runtime:
         return _Point(name, exit_limits(point.thresholds), point.criterion, point.precision, depth, self._steps(point.precision, depth))
 
     def _steps(self, precision: str, depth: str) -> list[_Step]:
-        """Each segment's engine under `precision` and `depth`; refuses engines not loaded."""
+        """Each segment's engine under `precision` and `depth`; refuses engines not loaded.
+        Spawned backends share one feature space (the same device), so a segment may hand
+        its features to another backend's engine and upload/take go through the first."""
+        if SKIP in depth and precision != "fp32":
+            raise InputError(f"depth {depth!r} skips stages and base variants are fp32 only; ask for fp32, or a depth without {SKIP}")
         steps = []
         for letter in depth:
             backend = self.backend_for(precision, letter == SKIP)

@@ -6,11 +6,12 @@ write manifest.json. On the CPU the "engine" is the ONNX file that onnxruntime l
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -61,8 +62,9 @@ def build_engines(
     net = net.eval()
     example = torch.from_numpy(real_inputs[:2].astype(np.float32))
     base_graphs = _export_base_variants(net, out_dir, example, temperatures, gates, real_inputs, options)
-    graphs = export_segments(net, out_dir, example, temperatures, gates)
-    check_segments(net, exportable_segments(net, temperatures, gates), graphs, real_inputs, options.random_check_batches)
+    with _at_depth(net, "super"):  # the full engines, whatever depth the network was left at
+        graphs = export_segments(net, out_dir, example, temperatures, gates)
+        check_segments(net, exportable_segments(net, temperatures, gates), graphs, real_inputs, options.random_check_batches)
     static = None
     if options.include_static:
         backbone = static_backbone if static_backbone is not None else net.backbone
@@ -85,15 +87,26 @@ def _export_base_variants(
         return [None] * net.num_exits
     if net.splits != list(range(len(backbone.stages) - 1)):
         raise ValueError("an adaptive-depth network needs an exit after every stage but the last (one segment per stage)")
-    restore = backbone.depth
-    backbone.set_depth(backbone.base_depth())
-    try:
+    with _at_depth(net, "base"):
         skipping = {k for k, n in enumerate(backbone.skippable) if n}
         graphs = export_segments(net, out_dir, example, temperatures, gates, suffix=".base", only=skipping)
         check_segments(net, exportable_segments(net, temperatures, gates), graphs, real_inputs, options.random_check_batches)
+    return graphs
+
+
+@contextlib.contextmanager
+def _at_depth(net: MultiExitNetwork, which: str) -> Iterator[None]:
+    """An adaptive backbone at its super- or base-net depth for the block, then as it was."""
+    backbone = net.backbone
+    if not isinstance(backbone, AdaptiveBackbone):
+        yield
+        return
+    restore = backbone.depth
+    backbone.set_depth(backbone.super_depth() if which == "super" else backbone.base_depth())
+    try:
+        yield
     finally:
         backbone.set_depth(restore)
-    return graphs
 
 
 def check_segments(

@@ -202,7 +202,14 @@ def run_killing_the_group(command: list[str], env: dict[str, str], timeout: floa
 
 @pytest.fixture(scope="module")
 def adaptive_net(digits_train) -> MultiExitNetwork:
+    """Skip BNs unlike the full ones (as after training), so an engine using the wrong set fails."""
     backbone = make_adaptive(plain_resnet14())
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for switch in (m for m in backbone.modules() if isinstance(m, SkipAwareBatchNorm2d)):
+            switch.skip.running_mean.add_(0.2 * torch.randn(switch.skip.running_mean.shape, generator=generator))
+            switch.skip.running_var.mul_(1.5)
+            switch.skip.weight.mul_(0.8)
     net = MultiExitNetwork(backbone, ["layer1", "layer2"]).eval()
     fit_linear_heads(net, digits_train.images, digits_train.labels)
     return net
@@ -224,6 +231,44 @@ def test_every_stage_gets_a_base_engine_named_and_hashed_in_the_manifest(adaptiv
     # the base engines are smaller graphs: the skippable block is not in them
     for segment in manifest.segments:
         assert (adaptive_built / segment.base["file"]).stat().st_size < (adaptive_built / segment.file).stat().st_size  # type: ignore[index]
+
+
+def test_engines_are_built_at_their_own_depth_whatever_depth_the_network_was_left_at(adaptive_net, digits_test, real_images, tmp_path: Path) -> None:
+    net = copy.deepcopy(adaptive_net)
+    net.backbone.set_depth("TTT")
+    build_engines(net, tmp_path, digits_test.classes, digits_test.images[:16], options=BuildOptions(name="left-at-base"))
+    assert net.backbone.depth == "TTT"  # restored
+    runtime = Runtime(tmp_path)
+    for depth in ("FFF", "TTT"):
+        net.backbone.set_depth(depth)
+        with torch.no_grad():
+            expected = torch.softmax(net(torch.from_numpy(real_images))[-1], dim=1).numpy()
+        np.testing.assert_allclose(runtime.infer(real_images, depth=depth).probabilities, expected, atol=1e-4)
+    runtime.close()
+
+
+def test_a_base_engine_with_the_wrong_interface_is_refused_at_load(adaptive_built: Path, tmp_path: Path) -> None:
+    from edge.atomic import sha256_file
+    from tests.conftest import write_manifest_json
+
+    copy_dir = Path(shutil.copytree(adaptive_built, tmp_path / "engines"))
+    shutil.copy(copy_dir / "segment_0.onnx", copy_dir / "segment_1.base.onnx")  # takes the image, not features
+    data = read_manifest_json(copy_dir)
+    data["segments"][1]["base"]["sha256"] = sha256_file(copy_dir / "segment_1.base.onnx")
+    write_manifest_json(copy_dir, data)
+    with pytest.raises(ManifestError, match=r"segment_1\.base\.onnx: the engine takes \['input'\]"):
+        Runtime(copy_dir)
+
+
+def test_a_version_2_manifest_cannot_carry_base_variants(adaptive_built: Path, tmp_path: Path) -> None:
+    from tests.conftest import write_manifest_json
+
+    copy_dir = Path(shutil.copytree(adaptive_built, tmp_path / "engines"))
+    data = read_manifest_json(copy_dir)
+    data["schema_version"] = 2
+    write_manifest_json(copy_dir, data)
+    with pytest.raises(ManifestError, match="base variants need schema version 3"):
+        load_manifest(copy_dir)
 
 
 def test_a_tampered_base_engine_is_named(adaptive_built: Path, tmp_path: Path) -> None:
@@ -287,7 +332,7 @@ def test_depth_errors_are_specific(adaptive_built: Path, built_dir: Path, real_i
     plain = Runtime(built_dir)
     with pytest.raises(InputError, match="no base variant"):
         plain.infer(real_images, depth="TFF")
-    with pytest.raises(InputError, match="base variants are fp32 only|no base variants at 'int8'|not loaded"):
+    with pytest.raises(InputError, match="depth 'TFF' skips stages and base variants are fp32 only"):
         runtime.infer(real_images, depth="TFF", precision="int8")
     runtime.close()
     plain.close()

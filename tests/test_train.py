@@ -199,3 +199,26 @@ def test_distillation_pulls_early_exits_toward_the_final_one(digits: tuple[Datas
             train_joint(net, train, FAST, distill=distill)
         results[distill is not None] = divergence(net)
     assert results[True] < 0.95 * results[False], results
+
+
+def test_sharded_fit_gives_each_process_its_own_equal_share_of_every_epoch() -> None:
+    """What torchrun ranks see: disjoint batches, the same number of steps each."""
+    from calibration.train import fit
+
+    n = 1050
+    data = Dataset(np.linspace(0, 1, n, dtype=np.float32).reshape(n, 1, 1, 1), np.zeros(n, dtype=np.int64), ("a",), "ids")
+    seen: dict[int, list[list[int]]] = {0: [], 1: []}
+    model = torch.nn.Linear(1, 1)
+    cfg = TrainConfig(epochs=2, batch_size=100, progress=False)
+    for rank in (0, 1):
+        def step(x: torch.Tensor, y: torch.Tensor, rank: int = rank) -> float:
+            seen[rank].append([round(float(v) * (n - 1)) for v in x.flatten()])
+            return 0.0
+
+        fit(model, list(model.parameters()), data, cfg, step, "shard", shard=(rank, 2))
+    per_epoch = 11 // 2  # 11 batches, the odd one left out so both ranks take as many steps
+    assert len(seen[0]) == len(seen[1]) == 2 * per_epoch
+    for epoch in range(2):
+        ids = [{i for b in seen[r][epoch * per_epoch:(epoch + 1) * per_epoch] for i in b} for r in (0, 1)]
+        assert not ids[0] & ids[1]
+        assert len(ids[0]) == len(ids[1]) == 500

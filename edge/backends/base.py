@@ -36,8 +36,10 @@ class Backend(ABC):
         a base variant load it instead; the others load their only engine."""
 
     def spawn(self) -> "Backend":
-        """A new, unloaded backend with this one's options, for another precision's engines.
-        It must share nothing with this one: closing either leaves the other working."""
+        """A new, unloaded backend with this one's options, for another set of engines
+        (precision, or base variants). It must share no engine with this one (closing
+        either leaves the other working) but the same feature space: features one
+        produces, the other's engines take."""
         raise NotImplementedError(f"the {self.name} backend cannot load a second set of engines")
 
     @abstractmethod

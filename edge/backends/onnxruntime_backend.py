@@ -118,6 +118,8 @@ class OnnxRuntimeBackend(Backend):
         final = manifest.segments[-1]
         every = set().union(*(s.criteria for s in manifest.segments))
         self._fetches[-1] = {c: _fetch_names(final, c if c in final.criteria else "entropy") for c in every}
+        for path, session, feed, fetches in zip(files, self._sessions, self._feeds, self._fetches):
+            _check_interface(path, session, feed, fetches)
         self._trunk_fetches = [[s.features_output] for s in manifest.segments[:-1]]
         if self.trunks:
             trunks = [self._trunk_session(path, s, options) for path, s in zip(files, manifest.segments[:-1])]
@@ -187,6 +189,17 @@ class OnnxRuntimeBackend(Backend):
     def close(self) -> None:
         self._sessions, self._runners, self._trunk_runners = [], [], []
         self._fetches, self._trunk_fetches, self._feeds = [], [], []
+
+
+def _check_interface(path: Path, session: Any, feed: str, fetches: dict[str, list[str]]) -> None:
+    """The engine has the input and outputs the manifest names (a wrong file fails here, not mid-request)."""
+    inputs = [i.name for i in session.get_inputs()]
+    if inputs != [feed]:
+        raise ManifestError(f"{path}: the engine takes {inputs}, the manifest says {[feed]}")
+    outputs = {o.name for o in session.get_outputs()}
+    missing = sorted({name for names in fetches.values() for name in names} - outputs)
+    if missing:
+        raise ManifestError(f"{path}: the engine lacks outputs {missing} that the manifest names; it has {sorted(outputs)}")
 
 
 def _fetch_names(segment: SegmentInfo, criterion: str) -> list[str]:
