@@ -390,6 +390,7 @@ def test_adaptive_report_end_to_end_on_digits(adaptive_net, tmp_path: Path, caps
     runtime = Runtime(out / "engines")  # the frontier is now the manifest's operating points
     names = [p.name for p in runtime.manifest.operating_points]
     assert names[:2] == ["full", "base"] and runtime.manifest.point("base").depth == "TTT"
+    assert {f"depth-{d}" for d in report["depths"] if d not in ("static", "FFF", "TTT")} <= set(names)
     for name in names:
         runtime.set_operating_point(name)
         assert runtime.infer(np.zeros((1, *INPUT_SHAPE), dtype=np.float32)).operating_point == name

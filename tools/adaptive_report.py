@@ -155,17 +155,18 @@ def make_report(
 
 
 def operating_points(report: dict[str, Any], num_exits: int) -> list[OperatingPoint]:
-    """Full and base depth with exits off, then the frontier's points, fastest last."""
-    rows = report["depths"]
-    points = [
-        OperatingPoint("full", [None] * (num_exits - 1), measured=_measured(rows[report["super_depth"]])),
-        OperatingPoint("base", [None] * (num_exits - 1), depth=report["base_depth"], measured=_measured(rows[report["base_depth"]])),
-    ]
+    """Full depth, base depth and every other depth with exits off (the governor's depth
+    switch), then the frontier's points with exits on."""
+    rows, off = report["depths"], [None] * (num_exits - 1)
+    points = [OperatingPoint("full", off, measured=_measured(rows[report["super_depth"]]))]
+    points.append(OperatingPoint("base", off, depth=report["base_depth"], measured=_measured(rows[report["base_depth"]])))
+    for depth, row in rows.items():
+        if depth not in ("static", report["super_depth"], report["base_depth"]):
+            points.append(OperatingPoint(f"depth-{depth}", off, depth=depth, measured=_measured(row)))
     for p in sorted(report["pareto"], key=lambda p: -p["accuracy"]):
-        name = sweep_name(p["depth"], p["threshold"])
-        if p["threshold"] is None and p["depth"] in (report["super_depth"], report["base_depth"]):
-            continue  # already there
-        points.append(OperatingPoint(name, [p["threshold"]] * (num_exits - 1), depth=p["depth"], measured=_measured(p)))
+        if p["threshold"] is not None:
+            name = sweep_name(p["depth"], p["threshold"])
+            points.append(OperatingPoint(name, [p["threshold"]] * (num_exits - 1), depth=p["depth"], measured=_measured(p)))
     return points
 
 

@@ -1,0 +1,262 @@
+"""Sensor sources on real sysfs-format board trees built in temp dirs, replayed traces, fallback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge.errors import InputError
+from edge.sensors import Reading, SensorError, SensorUnavailable, open_first
+from edge.sensors.jtop_source import JtopSource
+from edge.sensors.replay import ReplaySource, load_trace, write_trace
+from edge.sensors.sysfs import SysfsSource
+
+
+def write(root: Path, relative: str, text: str) -> None:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+
+
+def thermal_zone(root: Path, index: int, kind: str, millic: int, trips: dict[str, int] | None = None) -> None:
+    zone = f"sys/class/thermal/thermal_zone{index}"
+    write(root, f"{zone}/type", kind)
+    write(root, f"{zone}/temp", str(millic))
+    for k, (trip_type, value) in enumerate((trips or {}).items()):
+        write(root, f"{zone}/trip_point_{k}_type", trip_type)
+        write(root, f"{zone}/trip_point_{k}_temp", str(value))
+
+
+def ina3221_hwmon(root: Path, device: str, hwmon: str, rails: dict[str, tuple[int, int]]) -> None:
+    write(root, f"sys/bus/i2c/devices/{device}/name", "ina3221")
+    for n, (label, (mv, ma)) in enumerate(rails.items(), 1):
+        base = f"sys/bus/i2c/devices/{device}/hwmon/{hwmon}"
+        write(root, f"{base}/in{n}_label", label)
+        write(root, f"{base}/in{n}_input", str(mv))
+        write(root, f"{base}/curr{n}_input", str(ma))
+
+
+def nvpmodel(root: Path, mode: int, names: dict[int, str]) -> None:
+    write(root, "var/lib/nvpmodel/status", f"pmode:{mode:04d}")
+    write(root, "etc/nvpmodel.conf", "\n".join(f"< POWER_MODEL ID={i} NAME={n} >\nCPU_ONLINE CORE_0 1" for i, n in names.items()))
+
+
+def orin_nano(root: Path) -> Path:
+    """JetPack 6: tj/cpu/gpu zones with trip points, one INA3221 on hwmon, nvpmodel."""
+    thermal_zone(root, 0, "cpu-thermal", 51250, {"passive": 95500, "critical": 105000})
+    thermal_zone(root, 1, "gpu-thermal", 49800, {"passive": 95500, "critical": 105000})
+    thermal_zone(root, 2, "tj-thermal", 52100, {"hot": 99000, "critical": 105000})
+    ina3221_hwmon(root, "1-0040", "hwmon1", {"VDD_IN": (5000, 1400), "VDD_CPU_GPU_CV": (5000, 500), "VDD_SOC": (5000, 300)})
+    nvpmodel(root, 0, {0: "15W", 1: "25W", 2: "MAXN_SUPER", 3: "7W"})
+    return root
+
+
+def agx_orin(root: Path) -> Path:
+    """Two INA3221 chips; the board's input rail is VIN_SYS_5V0."""
+    thermal_zone(root, 0, "tj-thermal", 61000, {"passive": 96000})
+    ina3221_hwmon(root, "1-0040", "hwmon2", {"VDD_GPU_SOC": (5000, 900), "VDD_CPU_CV": (5000, 400), "VIN_SYS_5V0": (5000, 700)})
+    ina3221_hwmon(root, "1-0041", "hwmon3", {"NC": (0, 0), "VDDQ_VDD2_1V8AO": (1800, 500), "NC2": (0, 0)})
+    nvpmodel(root, 3, {0: "MAXN", 1: "15W", 2: "30W", 3: "50W"})
+    return root
+
+
+def jetson_nano(root: Path) -> Path:
+    """JetPack 4: rails through iio (mW), one zone offline (-256 C)."""
+    thermal_zone(root, 0, "CPU-therm", 40500)
+    thermal_zone(root, 1, "GPU-therm", 39000)
+    thermal_zone(root, 2, "PMIC-Die", -256000)
+    device = "sys/bus/i2c/devices/6-0040/iio:device0"
+    for n, (name, mw) in enumerate({"POM_5V_IN": 3200, "POM_5V_GPU": 400, "POM_5V_CPU": 900}.items()):
+        write(root, f"{device}/rail_name_{n}", name)
+        write(root, f"{device}/in_power{n}_input", str(mw))
+    write(root, "var/lib/nvpmodel/status", "pmode:0001")  # no nvpmodel.conf here: the id alone
+    return root
+
+
+def laptop(root: Path) -> Path:
+    """A battery, mains, ACPI and package zones, Intel RAPL with a sub-zone."""
+    thermal_zone(root, 0, "acpitz", 48000, {"critical": 98000})
+    thermal_zone(root, 1, "x86_pkg_temp", 55000)
+    write(root, "sys/class/power_supply/AC/type", "Mains")
+    write(root, "sys/class/power_supply/AC/online", "0")
+    write(root, "sys/class/power_supply/BAT0/type", "Battery")
+    write(root, "sys/class/power_supply/BAT0/capacity", "57")
+    write(root, "sys/class/power_supply/BAT0/status", "Discharging")
+    write(root, "sys/class/powercap/intel-rapl:0/name", "package-0")
+    write(root, "sys/class/powercap/intel-rapl:0/energy_uj", "1000000")
+    write(root, "sys/class/powercap/intel-rapl:0/max_energy_range_uj", "262143328850")
+    write(root, "sys/class/powercap/intel-rapl:0:0/name", "core")
+    write(root, "sys/class/powercap/intel-rapl:0:0/energy_uj", "5")
+    return root
+
+
+class Clock:
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# --- boards --------------------------------------------------------------------------------------
+
+def test_orin_nano_reads_zones_trips_rails_and_power_mode(tmp_path: Path) -> None:
+    reading = SysfsSource(orin_nano(tmp_path), clock=Clock(7.0)).read()
+    assert reading.time == 7.0 and reading.source == "sysfs"
+    assert reading.temperatures == {"cpu-thermal": 51.25, "gpu-thermal": 49.8, "tj-thermal": 52.1}
+    assert reading.trip_points["tj-thermal"] == {"hot": 99.0, "critical": 105.0}
+    assert reading.rails_mw == {"VDD_IN": 7000.0, "VDD_CPU_GPU_CV": 2500.0, "VDD_SOC": 1500.0}
+    assert reading.power_mw == 7000.0  # the input rail, not the sum
+    assert reading.nvpmodel == "15W" and reading.battery_percent is None
+    assert reading.missing == ("battery",) and reading.max_temperature == 52.1
+
+
+def test_agx_orin_finds_both_ina3221_chips_and_its_input_rail(tmp_path: Path) -> None:
+    reading = SysfsSource(agx_orin(tmp_path)).read()
+    assert set(reading.rails_mw) == {"VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0", "NC", "VDDQ_VDD2_1V8AO", "NC2"}
+    assert reading.power_mw == 3500.0 and reading.nvpmodel == "50W"
+
+
+def test_jetson_nano_reads_iio_rails_and_skips_an_offline_zone(tmp_path: Path) -> None:
+    reading = SysfsSource(jetson_nano(tmp_path)).read()
+    assert reading.temperatures == {"CPU-therm": 40.5, "GPU-therm": 39.0}
+    assert reading.rails_mw == {"POM_5V_IN": 3200.0, "POM_5V_GPU": 400.0, "POM_5V_CPU": 900.0}
+    assert reading.power_mw == 3200.0 and reading.nvpmodel == "mode 1"
+
+
+def test_laptop_battery_and_rapl_power_with_wraparound(tmp_path: Path) -> None:
+    root = laptop(tmp_path)
+    clock = Clock(10.0)
+    source = SysfsSource(root, clock=clock)
+    first = source.read()
+    assert first.battery_percent == 57.0 and first.charging is False
+    assert first.power_mw is None and "power" in first.missing  # a counter needs two reads
+    clock.t = 12.0
+    write(root, "sys/class/powercap/intel-rapl:0/energy_uj", str(1000000 + 30_000_000))  # 30 J in 2 s
+    assert source.read().power_mw == pytest.approx(15000.0)
+    clock.t = 14.0
+    write(root, "sys/class/powercap/intel-rapl:0/energy_uj", str(262143328850 - 5_000_000))
+    source.read()
+    clock.t = 15.0
+    write(root, "sys/class/powercap/intel-rapl:0/energy_uj", str(5_000_000))  # wrapped: 10 J in 1 s
+    assert source.read().power_mw == pytest.approx(10000.0)
+    write(root, "sys/class/power_supply/BAT0/status", "Charging")
+    assert source.read().charging is True
+
+
+def test_a_box_with_nothing_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "sys").mkdir()
+    with pytest.raises(SensorUnavailable, match="no thermal zone, power rail, battery or RAPL"):
+        SysfsSource(tmp_path)
+    with pytest.raises(SensorUnavailable, match="does not exist"):
+        SysfsSource(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("gone, message", [
+    ("sys/bus/i2c/devices/1-0040/hwmon/hwmon1/in1_input", "INA3221 rail"),
+    ("sys/class/thermal/thermal_zone1/type", "thermal_zone1 vanished"),
+])
+def test_a_sensor_that_vanishes_is_reported(tmp_path: Path, gone: str, message: str) -> None:
+    root = orin_nano(tmp_path)
+    source = SysfsSource(root)
+    source.read()
+    (root / gone).unlink()
+    with pytest.raises(SensorError, match=message):
+        source.read()
+
+
+def test_a_battery_that_vanishes_is_reported(tmp_path: Path) -> None:
+    root = laptop(tmp_path)
+    source = SysfsSource(root)
+    (root / "sys/class/power_supply/BAT0/capacity").unlink()
+    with pytest.raises(SensorError, match="battery BAT0"):
+        source.read()
+
+
+# --- fallback ------------------------------------------------------------------------------------
+
+def test_without_jtop_the_chain_falls_back_to_sysfs_and_says_why(tmp_path: Path) -> None:
+    root = orin_nano(tmp_path)
+    source, skipped = open_first([JtopSource, lambda: SysfsSource(root)])
+    assert isinstance(source, SysfsSource)
+    assert len(skipped) == 1 and skipped[0].startswith("jtop: ")
+
+
+def test_when_no_source_works_every_reason_is_listed(tmp_path: Path) -> None:
+    with pytest.raises(SensorUnavailable) as info:
+        open_first([JtopSource, lambda: SysfsSource(tmp_path / "none")])
+    assert "jtop: " in str(info.value) and "sysfs: " in str(info.value)
+
+
+def test_jtop_on_a_real_jetson_reads_temperatures_and_power() -> None:
+    try:
+        source = JtopSource()
+    except SensorUnavailable as exc:
+        pytest.skip(f"needs a Jetson with the jtop service: {exc}")
+    reading = source.read()
+    source.close()
+    assert reading.temperatures and reading.power_mw is not None
+
+
+# --- replay ----------------------------------------------------------------------------------------
+
+def test_replay_returns_the_last_row_at_or_before_the_clock_and_goes_stale_after_the_end(tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("time,temp.tj,trip.tj.passive,power_mw,battery_percent,charging,nvpmodel\n"
+                     "0,40.5,80,5000,90,false,15W\n1,41.0,80,,89.5,,15W\n3,60,80,7000,,true,7W\n")
+    clock = Clock(-1.0)
+    source = ReplaySource(trace, clock=clock)
+    with pytest.raises(SensorError, match="no reading at or before"):
+        source.read()
+    clock.t = 0.5
+    first = source.read()
+    assert first.temperatures == {"tj": 40.5} and first.trip_points == {"tj": {"passive": 80.0}}
+    assert first.power_mw == 5000.0 and first.battery_percent == 90.0 and first.charging is False
+    clock.t = 2.9
+    second = source.read()
+    assert second.time == 1.0 and second.power_mw is None and "power" in second.missing and second.charging is None
+    clock.t = 50.0
+    assert source.read().time == 3.0  # the trace has ended: its last row, growing old
+
+
+def test_json_lines_and_csv_round_trip(tmp_path: Path) -> None:
+    readings = [
+        Reading(0.0, "x", {"cpu": 50.0}, {"cpu": {"passive": 85.0}}, 4000.0, {"VDD_IN": 4000.0}, 80.0, False, "15W"),
+        Reading(1.5, "x", {"cpu": 51.0}, {}, None, {}, None, None, None),
+    ]
+    write_trace(tmp_path / "t.csv", readings)
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps({k: v for k, v in row.items() if v is not None}) for row in (
+        {"time": 0.0, "temp.cpu": 50.0, "trip.cpu.passive": 85.0, "power_mw": 4000.0, "rail.VDD_IN": 4000.0,
+         "battery_percent": 80.0, "charging": False, "nvpmodel": "15W"},
+        {"time": 1.5, "temp.cpu": 51.0},
+    )))
+    for name in ("t.csv", "t.jsonl"):
+        loaded = load_trace(tmp_path / name)
+        assert [(r.time, r.temperatures, r.trip_points, r.power_mw, r.rails_mw, r.battery_percent, r.charging, r.nvpmodel) for r in loaded] == \
+            [(r.time, r.temperatures, r.trip_points, r.power_mw, r.rails_mw, r.battery_percent, r.charging, r.nvpmodel) for r in readings]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("time,temp.tj\n0,40\n0,41\n", "times must increase"),
+    ("time,temp.tj\n0,hot\n", r"t.csv:2: malformed value"),
+    ("temp.tj\n40\n", r"t.csv:2: a trace row needs a 'time'"),
+    ("time,temp.tj\n", "no rows"),
+])
+def test_a_malformed_trace_says_where(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "t.csv").write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_trace(tmp_path / "t.csv")
+
+
+def test_a_missing_trace_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(SensorUnavailable, match="not found"):
+        ReplaySource(tmp_path / "none.csv")
+
+
+def test_the_shipped_traces_load() -> None:
+    root = Path(__file__).resolve().parents[1] / "traces"
+    thermal, battery = load_trace(root / "thermal_ramp.csv"), load_trace(root / "battery_discharge.csv")
+    assert max(r.max_temperature for r in thermal) > 95 > thermal[0].max_temperature  # type: ignore[operator]
+    assert battery[0].battery_percent == 100.0 and battery[-1].battery_percent == pytest.approx(5.0)
