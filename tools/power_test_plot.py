@@ -23,7 +23,7 @@ def plot_timeline(rows: list[dict[str, Any]], rungs: Sequence[Rung], summary: di
         other.plot(t, [r["battery_percent"] for r in rows], color="tab:green", label="battery (%)")
         other.set_ylabel("battery %")
     else:
-        other.plot(t, [r["power_mw"] for r in rows], color="tab:purple", alpha=0.6, label="power (mW)")
+        other.plot(t, [r["power_mw"] for r in rows], color="tab:purple", alpha=0.5, linestyle="--", linewidth=0.8, label="power (mW)")
         other.set_ylabel("mW")
     lines = temp_ax.get_legend_handles_labels()[0] + other.get_legend_handles_labels()[0]
     temp_ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="upper left")
