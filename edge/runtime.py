@@ -84,6 +84,7 @@ class Runtime:
         self._max_batch = self.manifest.batch.get("max", 0)
         self.num_exits = self.manifest.num_exits
         self._exit_ids = [_read_only(np.array([k])) for k in range(self.num_exits)]  # batch-1 results share these
+        self._point_cache: dict[str, _Point] = {}
         self._point = self._resolve(operating_point or self.manifest.default_operating_point)
 
     @property
@@ -123,6 +124,16 @@ class Runtime:
             backend.load(self.manifest, precision)
         return backend
 
+    def _resolved(self, name: str) -> _Point:
+        """A manifest point for one call (cached: resolving builds its step list)."""
+        cached = self._point_cache.get(name)
+        if cached is None:
+            try:
+                cached = self._point_cache[name] = self._resolve(name)
+            except ManifestError as exc:
+                raise InputError(str(exc)) from None
+        return cached
+
     def _resolve(self, name: str) -> _Point:
         point = self.manifest.point(name)
         depth = self.manifest.check_depth(point.depth)
@@ -142,12 +153,15 @@ class Runtime:
 
     def infer(
         self, images: np.ndarray, thresholds: Sequence[float | None] | None = None, criterion: str | None = None,
-        precision: str | None = None, depth: str | None = None,
+        precision: str | None = None, depth: str | None = None, point_name: str | None = None,
     ) -> InferenceResult:
-        """Classify a (n, C, H, W) float32 batch. `thresholds`, `criterion`, `precision`
-        and `depth` override the operating point's."""
+        """Classify a (n, C, H, W) float32 batch at the current operating point, or at
+        `point_name` for this call only. `thresholds`, `criterion`, `precision` and
+        `depth` override the point's."""
         self.check_input(images)
         point = self._point  # one read: a concurrent switch does not split this call
+        if point_name is not None and point_name != point.name:
+            point = self._resolved(point_name)
         name, limits, point_criterion, steps = point.name, point.limits, point.criterion, point.steps
         if thresholds is not None:
             name, limits = "custom", self._custom_thresholds(thresholds)

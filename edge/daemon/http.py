@@ -1,0 +1,325 @@
+"""The HTTP layer: Open Inference Protocol v2 routes, metrics, governor state, auth.
+
+Threaded stdlib server with HTTP/1.1 keep-alive (tritonclient keeps its connections).
+Every failure a client can cause is a 4xx with {"error": ...}; an engine failing is a
+500; overload is a 503 answered at once; a request that waited past its timeout is 504.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from edge.daemon.config import DaemonConfig
+from edge.daemon.metrics import Registry
+from edge.daemon.protocol import ProtocolError, encode_response, error_body, parse_request
+from edge.daemon.serving import GovernorLoop, Model, ModelUnavailable, Overloaded, RequestTimeout
+from edge.errors import InputError, ManifestError
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME, SERVER_VERSION = "edged", "0.1.0"
+MODEL_ROUTE = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
+
+
+class App:
+    """What the handlers serve: the models, the governor loop, metrics, config."""
+
+    def __init__(self, config: DaemonConfig, models: dict[str, Model], governor: GovernorLoop | None, metrics: Registry) -> None:
+        self.config, self.models, self.governor, self.metrics = config, models, governor, metrics
+        self.token = config.token()
+        self.live = True
+
+    def ready(self) -> bool:
+        return self.live and bool(self.models) and all(m.ready for m in self.models.values())
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go in separate writes: Nagle + delayed ACK cost 40 ms
+    server_version = f"{SERVER_NAME}/{SERVER_VERSION}"
+    app: App  # set on the subclass the server makes
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        log.debug("%s " + format, self.address_string(), *args)
+
+    # --- routing ---------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/v2/health/live":
+            return self._empty(HTTPStatus.OK if self.app.live else HTTPStatus.SERVICE_UNAVAILABLE)
+        if path == "/v2/health/ready":
+            return self._empty(HTTPStatus.OK if self.app.ready() else HTTPStatus.SERVICE_UNAVAILABLE)
+        if path == "/v2":
+            return self._json(HTTPStatus.OK, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+        if path == "/metrics":
+            return self._send(HTTPStatus.OK, self.app.metrics.render().encode(), "text/plain; version=0.0.4")
+        if path == "/v2/edge/governor":
+            if self._authorized():
+                state = self.app.governor.state() if self.app.governor else {"governor": "off (sensors = none)"}
+                self._json(HTTPStatus.OK, state)
+            return None
+        match = MODEL_ROUTE.match(path)
+        if match and match["rest"] != "/infer":
+            model = self._model(match)
+            if model is None:
+                return None
+            if match["rest"] == "/ready":
+                return self._empty(HTTPStatus.OK if model.ready else HTTPStatus.SERVICE_UNAVAILABLE)
+            return self._json(HTTPStatus.OK, metadata(model))
+        return self._error(HTTPStatus.NOT_FOUND, f"no route GET {path}")
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        match = MODEL_ROUTE.match(path)
+        if not match or match["rest"] != "/infer":
+            self._discard_body()
+            return self._error(HTTPStatus.NOT_FOUND, f"no route POST {path}")
+        if not self._authorized(discard=True):
+            return None
+        model = self._model(match, discard=True)
+        if model is None:
+            return None
+        self._infer(model)
+
+    # --- inference ---------------------------------------------------------------------------
+
+    def _infer(self, model: Model) -> None:
+        started = time.perf_counter()
+        status = HTTPStatus.OK
+        try:
+            body = self._read_body()
+            request = parse_request(body, self.headers.get("Inference-Header-Content-Length"))
+            images = self._image_input(model, request.inputs)
+            point = self._point_for(model, request.parameters)
+            job = model.submit(images, point, self._timeout(request.parameters))
+            if not job.done.wait(max(0.0, job.deadline - time.monotonic()) + 0.5):
+                raise RequestTimeout("no answer before the request's timeout")
+            if job.error is not None:
+                raise job.error
+            assert job.result is not None
+            probabilities, exits, used = job.result
+            outputs = select_outputs(probabilities, exits, request.outputs)
+            parameters = {"operating_point": used, "exits": ",".join(map(str, exits.tolist()))}
+            payload, header_length = encode_response(model.name, request.id, outputs, request.binary, parameters)
+            headers = {"Inference-Header-Content-Length": str(header_length)} if header_length is not None else {}
+            self._send(HTTPStatus.OK, payload, "application/octet-stream" if header_length else "application/json", headers)
+        except ProtocolError as exc:
+            status = HTTPStatus(exc.status)
+            self._error(status, str(exc))
+        except (InputError, ManifestError) as exc:
+            status = HTTPStatus.BAD_REQUEST
+            self._error(status, str(exc))
+        except Overloaded as exc:
+            status = HTTPStatus.SERVICE_UNAVAILABLE
+            self._error(status, f"overloaded: {exc}", {"Retry-After": "1"})
+        except ModelUnavailable as exc:
+            status = HTTPStatus.SERVICE_UNAVAILABLE
+            self._error(status, str(exc))
+        except RequestTimeout as exc:
+            status = HTTPStatus.GATEWAY_TIMEOUT
+            self._error(status, f"timed out: {exc}")
+        except Exception as exc:  # an engine failing: the request fails, the server goes on
+            log.exception("inference failed")
+            status = HTTPStatus.INTERNAL_SERVER_ERROR
+            self._error(status, f"inference failed: {exc}")
+        elapsed = time.perf_counter() - started
+        self.app.metrics.requests.inc(model=model.name, code=str(int(status)))
+        if status != HTTPStatus.OK:
+            self.app.metrics.errors.inc(kind=status.phrase.lower().replace(" ", "_"))
+        else:
+            self.app.metrics.latency.observe(elapsed)
+            if self.app.governor is not None:
+                self.app.governor.record_latency(elapsed)
+
+    def _image_input(self, model: Model, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        expected = model_input_name(model)
+        if set(inputs) != {expected}:
+            raise ProtocolError(f"model {model.name!r} takes one input named {expected!r}, got {sorted(inputs)}")
+        images = inputs[expected]
+        if images.dtype != np.float32:
+            raise ProtocolError(f"input {expected!r} must be FP32, got {images.dtype}")
+        return np.ascontiguousarray(images)
+
+    @staticmethod
+    def _point_for(model: Model, parameters: dict[str, Any]) -> str | None:
+        point = parameters.get("operating_point")
+        budget = parameters.get("latency_budget_ms")
+        if point is not None and budget is not None:
+            raise ProtocolError("ask for an operating_point or a latency_budget_ms, not both")
+        if point is not None:
+            if not isinstance(point, str):
+                raise ProtocolError("parameters.operating_point must be a string")
+            return point
+        if budget is not None:
+            if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
+                raise ProtocolError("parameters.latency_budget_ms must be a positive number")
+            return point_within_budget(model, float(budget))
+        return None
+
+    def _timeout(self, parameters: dict[str, Any]) -> float:
+        limit = self.app.config.request_timeout_s
+        asked = parameters.get("timeout")  # tritonclient's per-request timeout, in microseconds
+        if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked > 0:
+            return min(limit, asked / 1e6)
+        return limit
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _model(self, match: re.Match[str], discard: bool = False) -> Model | None:
+        model = self.app.models.get(match["model"])
+        if model is None:
+            if discard:
+                self._discard_body()
+            self._error(HTTPStatus.NOT_FOUND, f"unknown model {match['model']!r}; served: {sorted(self.app.models)}")
+            return None
+        if match["version"] not in (None, "1"):
+            if discard:
+                self._discard_body()
+            self._error(HTTPStatus.NOT_FOUND, f"model {match['model']!r} has only version 1")
+            return None
+        return model
+
+    def _authorized(self, discard: bool = False) -> bool:
+        token = self.app.token
+        if token is None:
+            return True
+        given = self.headers.get("Authorization", "")
+        if given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), token.encode()):
+            return True
+        if discard:
+            self._discard_body()
+        self._error(HTTPStatus.UNAUTHORIZED, "a bearer token is required (Authorization: Bearer <token>)", {"WWW-Authenticate": "Bearer"})
+        return False
+
+    def _content_length(self) -> int:
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            raise ProtocolError("Content-Length is required", HTTPStatus.LENGTH_REQUIRED)
+        try:
+            length = int(raw)
+        except ValueError:
+            raise ProtocolError(f"Content-Length must be an integer, got {raw!r}") from None
+        if length < 0:
+            raise ProtocolError("Content-Length must not be negative")
+        return length
+
+    def _read_body(self) -> bytes:
+        length = self._content_length()
+        if length > self.app.config.max_body_bytes:
+            self.close_connection = True  # the unread body would be taken for the next request
+            raise ProtocolError(f"body of {length} bytes exceeds the {self.app.config.max_body_bytes}-byte limit", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            raise ProtocolError(f"body ended after {len(body)} of {length} bytes")
+        return body
+
+    def _discard_body(self) -> None:
+        try:
+            length = self._content_length()
+        except ProtocolError:
+            self.close_connection = True
+            return
+        if length > self.app.config.max_body_bytes:
+            self.close_connection = True
+            return
+        self.rfile.read(length)
+
+    def _empty(self, status: HTTPStatus) -> None:
+        self._send(status, b"", "text/plain")
+
+    def _json(self, status: HTTPStatus, doc: Any) -> None:
+        self._send(status, json.dumps(doc).encode(), "application/json")
+
+    def _error(self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> None:
+        self._send(status, error_body(message), "application/json", headers)
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def model_input_name(model: Model) -> str:
+    if model.runtime is None:
+        raise ModelUnavailable(f"model {model.name!r} is not ready: {model.reason}")
+    return model.runtime.manifest.input.name
+
+
+def metadata(model: Model) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": model.name, "versions": ["1"], "platform": "edge-segment-chain"}
+    if model.runtime is None:
+        return doc | {"ready": False, "reason": model.reason}
+    manifest = model.runtime.manifest
+    classes = len(manifest.classes)
+    doc["inputs"] = [{"name": manifest.input.name, "datatype": "FP32", "shape": [-1, *manifest.input.shape[1:]]}]
+    doc["outputs"] = [
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
+        {"name": "prediction", "datatype": "INT64", "shape": [-1]},
+        {"name": "exit", "datatype": "INT64", "shape": [-1]},
+    ]
+    doc["parameters"] = {
+        "classes": manifest.classes, "operating_point": model.runtime.operating_point,
+        "operating_points": [p.name for p in manifest.operating_points], "max_batch": manifest.batch.get("max"),
+    }
+    return doc
+
+
+OUTPUTS = ("probabilities", "prediction", "exit")
+
+
+def select_outputs(probabilities: np.ndarray, exits: np.ndarray, names: list[str] | None) -> dict[str, np.ndarray]:
+    available = {"probabilities": probabilities, "prediction": probabilities.argmax(axis=1).astype(np.int64), "exit": exits.astype(np.int64)}
+    if names is None:
+        return available
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ProtocolError(f"unknown outputs {unknown}; this model has {list(OUTPUTS)}")
+    return {n: available[n] for n in names}
+
+
+def point_within_budget(model: Model, budget_ms: float) -> str:
+    """The most accurate operating point whose measured mean latency fits the budget."""
+    assert model.runtime is not None
+    measured = [p for p in model.runtime.manifest.operating_points if "mean_ms" in p.measured]
+    if not measured:
+        raise ProtocolError(f"model {model.name!r}: no operating point has a measured latency, so a latency budget cannot be honoured")
+    fitting = [p for p in measured if p.measured["mean_ms"] <= budget_ms]
+    if not fitting:
+        fastest = min(measured, key=lambda p: p.measured["mean_ms"])
+        raise ProtocolError(f"no operating point fits {budget_ms:g} ms; the fastest, {fastest.name!r}, measured {fastest.measured['mean_ms']:.3f} ms")
+    return max(fitting, key=lambda p: (p.measured.get("accuracy", 0.0), -p.measured["mean_ms"])).name
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+def make_server(app: App, host: str, port: int) -> Server:
+    handler = type("BoundHandler", (Handler,), {"app": app})
+    return Server((host, port), handler)
+
+
+def serve_in_thread(server: Server) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,161 @@
+"""edged: load the models, start the governor loops and the HTTP server, stop gracefully.
+
+    edged --config deploy/edged.toml [--port 8000] [--host 127.0.0.1] [--model-repository DIR]
+
+SIGTERM or SIGINT: stop accepting, answer every queued request, close the engines,
+exit 0. Under systemd (Type=notify) it sends READY=1 once it serves and STOPPING=1 on
+the way out. Logs are JSON lines on stderr (log_format = "text" for people).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge.daemon.config import DaemonConfig, load_config
+from edge.daemon.http import App, Server, make_server, serve_in_thread
+from edge.daemon.metrics import Registry
+from edge.daemon.serving import GovernorLoop, Model, find_models, open_sensors, policy_of
+from edge.errors import EdgeError, UserError
+
+log = logging.getLogger("edged")
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.metrics = Registry()
+        self.models = {
+            name: Model(name, folder, config.backend, self.metrics, config.max_batch, config.max_delay_ms / 1e3, config.queue_size)
+            for name, folder in find_models(Path(config.model_repository)).items()
+        }
+        self.governors = [g for g in (self._governor(m) for m in self.models.values()) if g is not None]
+        self.app = App(config, self.models, self.governors[0] if self.governors else None, self.metrics)
+        self.server: Server = make_server(self.app, config.host, config.port)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def _governor(self, model: Model) -> GovernorLoop | None:
+        if model.runtime is None:
+            return None
+        self.metrics.operating_point.replace([({"model": model.name, "point": model.runtime.operating_point}, 1.0)])
+        try:
+            source = open_sensors(self.config.sensors, self.config.sysfs_root)
+        except EdgeError as exc:
+            log.error("no sensor source (%s): serving %s at its default point without a governor", exc, model.name)
+            self.metrics.sensor_up.set(0.0, source="none")
+            return None
+        if source is None:
+            return None
+        try:
+            loop = GovernorLoop(model, source, policy_of(self.config.policy), self.config.tick_s, self.metrics)
+        except EdgeError as exc:
+            source.close()
+            log.error("governor off for %s: %s", model.name, exc)
+            return None
+        loop.tick()  # a first decision before the first request
+        return loop
+
+    def start(self) -> None:
+        for loop in self.governors:
+            loop.start()
+        self._thread = serve_in_thread(self.server)
+        host, port = self.address
+        log.info("serving %s on http://%s:%d", sorted(self.models), host, port)
+
+    def stop(self) -> None:
+        """Stop accepting, finish what is queued, release everything."""
+        self.server.shutdown()
+        for model in self.models.values():
+            model.stop()
+        for loop in self.governors:
+            loop.stop()
+        self.server.server_close()
+        self.app.live = False
+        log.info("stopped")
+
+
+def sd_notify(message: str) -> bool:
+    """systemd's readiness protocol: a datagram to $NOTIFY_SOCKET (no-op without it)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), address)
+    return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="edged", description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, help="TOML or JSON (deploy/edged.toml shows every key)")
+    p.add_argument("--model-repository")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--sensors", help="auto | sysfs | replay:<trace> | none")
+    p.add_argument("--policy")
+    p.add_argument("--token-file")
+    p.add_argument("--log-format", choices=["json", "text"])
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        config = load_config(args.config, overrides)
+        setup_logging(config.log_format)
+        daemon = Daemon(config)
+    except (UserError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    daemon.start()
+    sd_notify("READY=1")
+    stop.wait()
+    sd_notify("STOPPING=1")
+    daemon.stop()
+    return 0
+
+
+def cli() -> int:
+    return main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,267 @@
+"""The serving core: models, a bounded queue with dynamic batching, and the governor loop.
+
+One worker thread per model takes the oldest request, adds whatever else is already
+waiting for the same operating point (up to max_batch rows, waiting at most max_delay
+for more), and runs them as one batch; the runtime's own thread pool does the math.
+A full queue refuses at once (the HTTP layer answers 503), and a request that waited
+past its timeout is answered with an error instead of being run late.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edge.daemon.metrics import Registry
+from edge.errors import EdgeError, InputError
+from edge.governor import Governor, Rung, ladder, load_policy, Policy
+from edge.manifest import MANIFEST_NAME
+from edge.runtime import Runtime
+from edge.sensors import Reading, SensorError, SensorSource
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(EdgeError):
+    """The request queue is full."""
+
+
+class RequestTimeout(EdgeError):
+    """A request waited longer than its timeout."""
+
+
+class ModelUnavailable(EdgeError):
+    """The model's engines did not load; the reason says why."""
+
+
+@dataclass
+class Job:
+    images: np.ndarray
+    point: str | None
+    deadline: float
+    done: threading.Event = field(default_factory=threading.Event)
+    result: tuple[np.ndarray, np.ndarray, str] | None = None  # probabilities, exits, point used
+    error: Exception | None = None
+
+    def finish(self, result: tuple[np.ndarray, np.ndarray, str] | None = None, error: Exception | None = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+class Model:
+    """One manifest served: its runtime (or why it is not there) and its batcher."""
+
+    def __init__(self, name: str, folder: Path, backend: str, metrics: Registry, max_batch: int, max_delay_s: float, queue_size: int) -> None:
+        self.name, self.folder, self.metrics = name, folder, metrics
+        self.runtime: Runtime | None = None
+        self.reason = ""
+        try:
+            self.runtime = Runtime(folder, backend)
+        except EdgeError as exc:  # a missing or corrupt engine: the daemon stays up, the model is not ready
+            self.reason = str(exc)
+            log.error("model %s not ready: %s", name, exc)
+        metrics.model_ready.set(1.0 if self.runtime else 0.0, model=name)
+        self.max_batch, self.max_delay_s = max_batch, max_delay_s
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self._worker = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
+        self._stopping = False
+        if self.runtime is not None:
+            self._worker.start()
+
+    @property
+    def ready(self) -> bool:
+        return self.runtime is not None and not self._stopping
+
+    def submit(self, images: np.ndarray, point: str | None, timeout_s: float) -> Job:
+        if self.runtime is None:
+            raise ModelUnavailable(f"model {self.name!r} is not ready: {self.reason}")
+        if self._stopping:
+            raise ModelUnavailable(f"model {self.name!r} is shutting down")
+        self.runtime.check_input(images)
+        if point is not None:
+            self.runtime.manifest.point(point)  # unknown names fail here, before queueing
+        job = Job(images, point, time.monotonic() + timeout_s)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self.metrics.refusals.inc(model=self.name)
+            raise Overloaded(f"model {self.name!r}: {self._queue.maxsize} requests already waiting") from None
+        self.metrics.queue_depth.set(self._queue.qsize(), model=self.name)
+        return job
+
+    def _serve(self) -> None:
+        held: Job | None = None
+        while True:
+            job = held or self._queue.get()
+            held = None
+            if job is None:
+                return
+            batch, rows = [job], len(job.images)
+            until = time.monotonic() + self.max_delay_s
+            while rows < self.max_batch:
+                try:
+                    wait = until - time.monotonic()
+                    nxt = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None or nxt.point != job.point or rows + len(nxt.images) > self.max_batch:
+                    held = nxt  # runs next, alone or with its own kind (None: stop after this batch)
+                    break
+                batch.append(nxt)
+                rows += len(nxt.images)
+            self.metrics.queue_depth.set(self._queue.qsize(), model=self.name)
+            self._run(batch)
+            if held is None and self._stopping and self._queue.empty():
+                return
+
+    def _run(self, batch: list[Job]) -> None:
+        now = time.monotonic()
+        live = []
+        for job in batch:
+            if now > job.deadline:
+                job.finish(error=RequestTimeout(f"waited {now - job.deadline:.3f} s past its timeout in the queue"))
+            else:
+                live.append(job)
+        if not live:
+            return
+        assert self.runtime is not None
+        try:
+            images = live[0].images if len(live) == 1 else np.concatenate([j.images for j in live])
+            result = self.runtime.infer(images, point_name=live[0].point)
+        except Exception as exc:  # an engine failing mid-run: every job in the batch gets the error
+            log.exception("model %s: batch of %d failed", self.name, len(live))
+            for job in live:
+                job.finish(error=exc)
+            return
+        self.metrics.batch_size.observe(len(images))
+        start = 0
+        for job in live:
+            end = start + len(job.images)
+            job.finish((result.probabilities[start:end], result.exits[start:end], result.operating_point))
+            start = end
+        for k, count in enumerate(np.bincount(result.exits, minlength=self.runtime.num_exits)):
+            if count:
+                self.metrics.exits.inc(float(count), model=self.name, exit=str(k))
+
+    def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Refuse new requests, finish the queued ones, then close the engines."""
+        self._stopping = True
+        if self._worker.is_alive():
+            self._queue.put(None)
+            self._worker.join(drain_timeout_s)
+        if self.runtime is not None:
+            self.runtime.close()
+
+
+def find_models(repository: Path) -> dict[str, Path]:
+    """A manifest folder is one model named after the folder; else every subfolder with a manifest."""
+    if (repository / MANIFEST_NAME).is_file():
+        return {repository.resolve().name: repository}
+    models = {p.name: p for p in sorted(repository.iterdir()) if (p / MANIFEST_NAME).is_file()} if repository.is_dir() else {}
+    if not models:
+        # One named model whose manifest is missing: served as not ready, with the reason.
+        return {repository.resolve().name: repository}
+    return models
+
+
+class GovernorLoop:
+    """Ticks the governor on its own thread from a sensor source; publishes readings and
+    decisions to the metrics. Latency feedback: the mean request latency since the last tick."""
+
+    def __init__(self, model: Model, source: SensorSource, policy: Policy, tick_s: float, metrics: Registry) -> None:
+        assert model.runtime is not None
+        self.model, self.source, self.tick_s, self.metrics = model, source, tick_s, metrics
+        self.governor = Governor(self._ladder(model.runtime, policy), policy, self._apply)
+        self._stop = threading.Event()
+        self._latencies: list[float] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="governor", daemon=True)
+
+    @staticmethod
+    def _ladder(runtime: Runtime, policy: Policy) -> list[Rung]:
+        return ladder(runtime.manifest, names=policy.points)
+
+    def _apply(self, point: str) -> None:
+        assert self.model.runtime is not None
+        self.model.runtime.set_operating_point(point)
+        self.metrics.operating_point.replace([({"model": self.model.name, "point": point}, 1.0)])
+
+    def record_latency(self, seconds: float) -> None:
+        with self._lock:
+            self._latencies.append(seconds * 1e3)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        reading: Reading | None = None
+        error = None
+        try:
+            reading = self.source.read()
+        except SensorError as exc:
+            error = str(exc)
+        with self._lock:
+            latency = float(np.mean(self._latencies)) if self._latencies else None
+            self._latencies = []
+        decision = self.governor.tick(now, reading, latency, error)
+        if decision.switched:
+            self.metrics.switches.inc(model=self.model.name, forced=str(decision.forced).lower())
+            log.info("operating point -> %s (%s)", decision.point, decision.reason)
+        fresh = reading is not None and not decision.reason.startswith(("sensor", "reading lacks"))
+        self.metrics.sensor_up.set(1.0 if fresh else 0.0, source=self.source.name)
+        if reading is not None:
+            self.metrics.temperature.replace([({"zone": z}, t) for z, t in reading.temperatures.items()])
+            if reading.power_mw is not None:
+                self.metrics.power.set(reading.power_mw)
+            if reading.battery_percent is not None:
+                self.metrics.battery.set(reading.battery_percent)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            try:
+                self.tick()
+            except Exception:  # the loop must outlive any one bad tick
+                log.exception("governor tick failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.tick_s * 2 + 1)
+        self.source.close()
+
+    def state(self) -> dict[str, Any]:
+        return self.governor.state() | {"source": self.source.name}
+
+
+def open_sensors(spec: str, sysfs_root: str, clock: Callable[[], float] = time.monotonic) -> SensorSource | None:
+    """The config's `sensors`: auto (jtop, else sysfs), sysfs, replay:<trace>, or none."""
+    from edge.sensors import open_first
+    from edge.sensors.jtop_source import JtopSource
+    from edge.sensors.replay import ReplaySource
+    from edge.sensors.sysfs import SysfsSource
+
+    if spec == "none":
+        return None
+    if spec.startswith("replay:"):
+        return ReplaySource(spec.split(":", 1)[1])  # wall time from the first read
+    if spec == "sysfs":
+        return SysfsSource(sysfs_root, clock)
+    source, skipped = open_first([JtopSource, lambda: SysfsSource(sysfs_root, clock)])
+    for reason in skipped:
+        log.warning("sensor source skipped: %s", reason)
+    return source
+
+
+def policy_of(path: str) -> Policy:
+    return load_policy(path) if path else Policy()
+
+
+__all__ = ["GovernorLoop", "InputError", "Job", "Model", "ModelUnavailable", "Overloaded", "RequestTimeout", "find_models", "open_sensors", "policy_of"]
