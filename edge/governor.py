@@ -9,16 +9,17 @@ rule of the policy asks for a level at least this conservative:
             limit: from level 1 rising linearly to the last; below the soft limit: 0
   battery   discharging below battery_lowest_pct: the last level; below
             battery_saver_pct: the cheaper half of the ladder
-  power     total power above the budget: one level down each tick until it is not
-  latency   requests slower than the objective: one level down each tick
+  power     total power above the budget: one level down per dwell time until it is not
+  latency   requests slower than the objective: one level down per dwell time
 
-Moving to a more conservative level happens at once (a forced switch). Moving back
-happens one level at a time, only once every rule would allow it with the hysteresis
-(thermal limits hysteresis_c lower, power budget power_margin lower, latency with the
-next point predicted under the objective), and only min_dwell_s after the last switch.
-So the dwell time bounds how often the governor relaxes; forced switches (a limit
-crossed, a sensor lost) are never delayed. A missing or stale reading, or a field that
-was present and is gone, sends it to the last level and says why.
+The thermal and battery rules and a lost sensor are limits: the governor moves to the
+level they ask for at once (a forced switch), whenever the last switch was. Everything
+else waits min_dwell_s after the last switch: the power and latency feedback, and every
+move back up, which goes one level at a time and only once every rule allows it with
+its margin (thermal limits hysteresis_c lower, the power budget and the latency
+objective power_margin and latency_margin lower, the latter for the next point's
+predicted latency). A missing or stale reading, or a field that was present and is
+gone, sends it to the last level and says why.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Policy:
     battery_saver_pct: float = 20.0
     battery_lowest_pct: float = 10.0
     latency_objective_ms: float | None = None
+    latency_margin: float = 0.1  # relax only if the next point is predicted under objective x (1 - margin)
     min_dwell_s: float = 5.0
     stale_after_s: float = 3.0
     points: tuple[str, ...] = ()  # the ladder by name, most accurate first (empty: from the manifest)
@@ -62,7 +64,7 @@ class Policy:
             raise PolicyError(f"soft_limit_c ({self.soft_limit_c}) must be below hard_limit_c ({self.hard_limit_c})")
         if self.battery_lowest_pct > self.battery_saver_pct:
             raise PolicyError("battery_lowest_pct must not be above battery_saver_pct")
-        for name in ("hysteresis_c", "power_margin", "min_dwell_s", "stale_after_s"):
+        for name in ("hysteresis_c", "power_margin", "latency_margin", "min_dwell_s", "stale_after_s"):
             if getattr(self, name) < 0:
                 raise PolicyError(f"{name} must not be negative")
 
@@ -140,17 +142,23 @@ class Decision:
 
 @dataclass
 class _Demand:
-    """What the rules ask for: the least conservative level each allows now (must) and
-    the level each would allow relaxing to (relax), with the reasons."""
+    """What the rules ask for: the least conservative level the limits allow now (must),
+    the level the feedback rules step to (step, not before the dwell), and the level
+    every rule would allow relaxing to (relax), with the reasons."""
 
     must: int = 0
+    step: int = 0
     relax: int = 0
     reasons: list[str] = field(default_factory=list)
 
-    def need(self, level: int, relax: int, reason: str) -> None:
-        if level > 0:
+    def need(self, level: int, relax: int, reason: str, limit: bool = True) -> None:
+        if level > 0 and reason:
             self.reasons.append(reason)
-        self.must, self.relax = max(self.must, level), max(self.relax, relax)
+        if limit:
+            self.must = max(self.must, level)
+        else:
+            self.step = max(self.step, level)
+        self.relax = max(self.relax, relax)
 
 
 class Governor:
@@ -253,23 +261,28 @@ class Governor:
             demand.need(level, self._battery_level(reading.battery_percent - 1.0), f"battery {reading.battery_percent:.0f}% discharging")
         if p.power_budget_mw is not None and reading.power_mw is not None:
             if reading.power_mw > p.power_budget_mw:
-                demand.need(min(self.level + 1, self.last), self.level + 1, f"power {reading.power_mw:.0f} mW over the {p.power_budget_mw:g} mW budget")
+                demand.need(min(self.level + 1, self.last), self.level + 1, f"power {reading.power_mw:.0f} mW over the {p.power_budget_mw:g} mW budget", limit=False)
             elif reading.power_mw > p.power_budget_mw * (1 - p.power_margin):
                 demand.need(0, self.level, "")  # near the budget: hold
         if p.latency_objective_ms is not None and latency_ms is not None:
             if latency_ms > p.latency_objective_ms:
-                demand.need(min(self.level + 1, self.last), self.level + 1, f"latency {latency_ms:.3f} ms over the {p.latency_objective_ms:g} ms objective")
-            elif self.level > 0 and self._predicted_up(latency_ms) > p.latency_objective_ms:
-                demand.need(0, self.level, "")  # the next point up would miss the objective: hold
+                demand.need(min(self.level + 1, self.last), self.level + 1, f"latency {latency_ms:.3f} ms over the {p.latency_objective_ms:g} ms objective", limit=False)
+            elif self.level > 0 and self._predicted_up(latency_ms) > p.latency_objective_ms * (1 - p.latency_margin):
+                demand.need(0, self.level, "")  # the next point up would come near the objective: hold
         return demand
 
     def _choose(self, now: float, demand: _Demand) -> tuple[int, bool, str]:
-        why = "; ".join(r for r in demand.reasons if r) or "within every limit"
+        why = "; ".join(demand.reasons) or "within every limit"
         if demand.must > self.level:
             return demand.must, True, f"down: {why}"
+        waited = math.inf if self.last_switch is None else now - self.last_switch
+        dwelt = waited >= self.policy.min_dwell_s
+        if demand.step > self.level:
+            if dwelt:
+                return demand.step, False, f"down one level: {why}"
+            return self.level, False, f"holding: {why}; {waited:.1f} s of the {self.policy.min_dwell_s:g} s dwell"
         if demand.relax < self.level:
-            waited = math.inf if self.last_switch is None else now - self.last_switch
-            if waited >= self.policy.min_dwell_s:
+            if dwelt:
                 return self.level - 1, False, f"up one level: {why}"
             return self.level, False, f"holding: may relax, {waited:.1f} s of the {self.policy.min_dwell_s:g} s dwell"
         return self.level, False, f"holding: {why}"

@@ -128,6 +128,16 @@ def test_latency_over_the_objective_steps_down_and_relaxes_only_when_the_next_po
     assert g.tick(3, reading(3), latency_ms=1.5).level == 2  # balanced: 1.5 x 2/1.5 = 2.0 ms fits
 
 
+def test_latency_feedback_waits_for_the_dwell_so_it_cannot_oscillate() -> None:
+    g, _ = governor(latency_objective_ms=2.5, min_dwell_s=5.0)
+    assert g.tick(0, reading(0), latency_ms=3.9).level == 1  # the first switch: nothing to wait for
+    held = g.tick(1, reading(1), latency_ms=3.0)
+    assert held.level == 1 and "dwell" in held.reason
+    assert g.tick(6, reading(6), latency_ms=3.0).level == 2
+    # relaxing needs the next point predicted under the objective less its margin: 1.7 x 3/2 = 2.55 > 2.25
+    assert g.tick(20, reading(20), latency_ms=1.7).level == 2
+
+
 # --- lost and stale sensors --------------------------------------------------------------------------
 
 def test_a_lost_a_stale_or_a_vanished_reading_goes_to_the_most_conservative_point() -> None:

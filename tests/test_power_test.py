@@ -37,7 +37,9 @@ def test_a_timeline_that_keeps_the_policy_has_no_violations() -> None:
     (({"battery_percent": 15.0, "charging": False, "level": 1}, {"battery_percent": 15.0, "charging": False, "level": 1}), "saver point"),
     (({"battery_percent": 5.0, "charging": True},), ""),  # charging: no battery rule
     (({"sensor_ok": False}, {"sensor_ok": False}), "sensor lost or stale"),
-    (({"level": 1, "switched": True, "forced": True}, {"level": 0, "switched": True}), "relaxing switch 1 s after the last one"),
+    (({}, {"level": 1}, {"level": 0}), "switch 1 s after the last one"),  # relaxing within the dwell
+    (({}, {"level": 1, "forced": True}, {"level": 2, "forced": True}), "with no limit forcing it"),  # a flag does not excuse it
+    (({}, {"temperature_c": 85.0, "level": 1}, {"temperature_c": 90.0, "level": 2}), ""),  # the heat does
     (({"power_mw": 6000.0, "level": 1}, {"power_mw": 6000.0, "level": 1}), "over budget"),
 ])
 def test_each_broken_rule_is_caught(rows: tuple[dict[str, Any], ...], message: str) -> None:

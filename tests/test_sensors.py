@@ -105,23 +105,28 @@ class Clock:
 def test_orin_nano_reads_zones_trips_rails_and_power_mode(tmp_path: Path) -> None:
     reading = SysfsSource(orin_nano(tmp_path), clock=Clock(7.0)).read()
     assert reading.time == 7.0 and reading.source == "sysfs"
-    assert reading.temperatures == {"cpu-thermal": 51.25, "gpu-thermal": 49.8, "tj-thermal": 52.1}
-    assert reading.trip_points["tj-thermal"] == {"hot": 99.0, "critical": 105.0}
+    assert reading.temperatures == {"cpu": 51.25, "gpu": 49.8, "tj": 52.1}  # named as jtop names them
+    assert reading.trip_points["tj"] == {"hot": 99.0, "critical": 105.0}
     assert reading.rails_mw == {"VDD_IN": 7000.0, "VDD_CPU_GPU_CV": 2500.0, "VDD_SOC": 1500.0}
     assert reading.power_mw == 7000.0  # the input rail, not the sum
     assert reading.nvpmodel == "15W" and reading.battery_percent is None
     assert reading.missing == ("battery",) and reading.max_temperature == 52.1
 
 
-def test_agx_orin_finds_both_ina3221_chips_and_its_input_rail(tmp_path: Path) -> None:
-    reading = SysfsSource(agx_orin(tmp_path)).read()
-    assert set(reading.rails_mw) == {"VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0", "NC", "VDDQ_VDD2_1V8AO", "NC2"}
-    assert reading.power_mw == 3500.0 and reading.nvpmodel == "50W"
+def test_agx_orin_finds_both_ina3221_chips_and_sums_its_rails(tmp_path: Path) -> None:
+    """AGX Orin's monitors have no board input rail: the total is the rails' sum."""
+    root = agx_orin(tmp_path)
+    disabled = root / "sys/bus/i2c/devices/1-0041/hwmon/hwmon3/in3_input"
+    disabled.unlink()
+    disabled.mkdir()  # a disabled channel: reading it fails (as ENODATA does on the board)
+    reading = SysfsSource(root).read()
+    assert set(reading.rails_mw) == {"VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0", "NC", "VDDQ_VDD2_1V8AO"}
+    assert reading.power_mw == 4500.0 + 2000.0 + 3500.0 + 900.0 and reading.nvpmodel == "50W"
 
 
 def test_jetson_nano_reads_iio_rails_and_skips_an_offline_zone(tmp_path: Path) -> None:
     reading = SysfsSource(jetson_nano(tmp_path)).read()
-    assert reading.temperatures == {"CPU-therm": 40.5, "GPU-therm": 39.0}
+    assert reading.temperatures == {"CPU": 40.5, "GPU": 39.0}
     assert reading.rails_mw == {"POM_5V_IN": 3200.0, "POM_5V_GPU": 400.0, "POM_5V_CPU": 900.0}
     assert reading.power_mw == 3200.0 and reading.nvpmodel == "mode 1"
 
@@ -144,6 +149,28 @@ def test_laptop_battery_and_rapl_power_with_wraparound(tmp_path: Path) -> None:
     assert source.read().power_mw == pytest.approx(10000.0)
     write(root, "sys/class/power_supply/BAT0/status", "Charging")
     assert source.read().charging is True
+
+
+def test_an_unreadable_rapl_counter_loses_power_but_not_the_rest(tmp_path: Path) -> None:
+    """RAPL is root-only on some kernels: the battery and temperatures still come."""
+    root = laptop(tmp_path)
+    counter = root / "sys/class/powercap/intel-rapl:0/energy_uj"
+    counter.unlink()
+    counter.mkdir()  # reading it fails, as EACCES does for a user
+    source = SysfsSource(root)
+    for _ in range(2):
+        reading = source.read()
+        assert reading.power_mw is None and reading.battery_percent == 57.0 and reading.temperatures
+
+
+def test_a_rapl_counter_without_its_range_is_left_out(tmp_path: Path) -> None:
+    root = laptop(tmp_path)
+    (root / "sys/class/powercap/intel-rapl:0/max_energy_range_uj").unlink()
+    clock = Clock(1.0)
+    source = SysfsSource(root, clock=clock)
+    source.read()
+    clock.t = 2.0
+    assert source.read().power_mw is None
 
 
 def test_a_box_with_nothing_is_unavailable(tmp_path: Path) -> None:

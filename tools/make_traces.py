@@ -3,7 +3,8 @@
     python -m tools.make_traces --out traces
 
 thermal_ramp.csv       10 minutes, mains power: idle at 45 C, a load ramp past the
-                       passive trip (80 C) and the hot trip (92 C), a hold, then cooling
+                       passive trip (80 C) and the hot trip (92 C), a hold, then cooling;
+                       the sensor drops out for 8 s at t = 470 s (no rows: it goes stale)
 battery_discharge.csv  15 minutes on battery: 100% to 5%, warm but under the trips; the
                        OS drops to its 7W power mode below 15%, as Jetson images do
 Both carry the board's trip points (trip.tj.*), total and per-rail power and nvpmodel.
@@ -24,6 +25,8 @@ TRIPS = {"tj": {"passive": 80.0, "hot": 92.0, "critical": 100.0}}
 def thermal_ramp() -> list[Reading]:
     readings = []
     for t in range(0, 601):
+        if 470 <= t < 478:
+            continue  # a sensor dropout
         if t < 60:
             base = 45.0
         elif t < 300:

@@ -161,21 +161,34 @@ def drive(
         now = clock()
         reading, error = read(source)
         decision = governor.tick(now, reading, latency_feedback, error)
-        soft, hard = governor.limits(reading) if reading is not None else (float("nan"), float("nan"))
-        speed = throttle.speed(decision.temperature_c, soft, hard, reading.nvpmodel if reading else None) if throttle else 1.0
+        temperature, soft, hard = board_state(reading, governor.policy)
+        speed = throttle.speed(temperature, soft, hard, reading.nvpmodel if reading else None) if throttle else 1.0
         index = [(cursor + i) % len(images) for i in range(args.images_per_tick)]
         cursor += args.images_per_tick
         ours = serve(lambda x: runtime.infer(x).predictions[0], images, data.labels, index, speed)
         theirs = serve(lambda x: static.predict(x)[0].argmax(), images, data.labels, index, speed) if static else None
         latency_feedback = float(np.mean(ours[0]))
         objective = governor.policy.latency_objective_ms
-        fresh = reading is not None and now - reading.time <= governor.policy.stale_after_s and bool(reading.temperatures)
-        rows.append(row_of(decision, reading, fresh, soft, hard, speed, ours, theirs, objective))
+        fresh = reading is not None and now - reading.time <= governor.policy.stale_after_s and temperature is not None
+        rows.append(row_of(decision, reading, fresh, temperature, soft, hard, speed, ours, theirs, objective))
         if hasattr(clock, "advance"):
             clock.advance(args.tick_s)  # type: ignore[attr-defined]
         else:
             time.sleep(max(0.0, args.tick_s - (time.monotonic() - started)))
     return rows
+
+
+def board_state(reading: Reading | None, policy: Policy) -> tuple[float | None, float, float]:
+    """(hottest counted zone, soft limit, hard limit) from the raw reading and the policy,
+    worked out here and not asked of the governor, so the checker judges it independently."""
+    nan = float("nan")
+    if reading is None:
+        return None, nan, nan
+    counted = {z: t for z, t in reading.temperatures.items() if not policy.zones or z in policy.zones}
+    trips = [t for z, t in reading.trip_points.items() if not policy.zones or z in policy.zones]
+    soft = policy.soft_limit_c if policy.soft_limit_c is not None else min((t["passive"] for t in trips if "passive" in t), default=80.0)
+    hard = policy.hard_limit_c if policy.hard_limit_c is not None else min((t[k] for t in trips for k in ("hot", "critical") if k in t), default=95.0)
+    return (max(counted.values()) if counted else None), soft, hard
 
 
 def read(source: SensorSource) -> tuple[Reading | None, str | None]:
@@ -196,11 +209,11 @@ def serve(predict: Callable[[np.ndarray], Any], images: np.ndarray, labels: np.n
     return latencies, correct
 
 
-def row_of(decision: Any, reading: Reading | None, fresh: bool, soft: float, hard: float, speed: float, ours: tuple[list[float], int],
+def row_of(decision: Any, reading: Reading | None, fresh: bool, temperature: float | None, soft: float, hard: float, speed: float, ours: tuple[list[float], int],
            theirs: tuple[list[float], int] | None, objective: float | None) -> dict[str, Any]:
     row = {
-        "time": decision.time, "temperature_c": decision.temperature_c, "soft_c": soft, "hard_c": hard,
-        "power_mw": decision.power_mw, "battery_percent": decision.battery_percent,
+        "time": decision.time, "temperature_c": temperature, "soft_c": soft, "hard_c": hard,
+        "power_mw": reading.power_mw if reading else None, "battery_percent": reading.battery_percent if reading else None,
         "charging": reading.charging if reading else None, "nvpmodel": reading.nvpmodel if reading else None,
         "sensor_ok": fresh,
         "point": decision.point, "level": decision.level, "switched": decision.switched, "forced": decision.forced,
@@ -214,11 +227,19 @@ def row_of(decision: Any, reading: Reading | None, fresh: bool, soft: float, har
 
 
 def check_policy(rows: list[dict[str, Any]], policy: Policy, last: int, saver: int) -> list[str]:
-    """Broken rules, judged from the timeline alone (not from the governor's reasons)."""
+    """Broken rules, judged from the timeline's readings and levels alone (not from the
+    governor's reasons or its forced flags)."""
     violations = []
 
     def within_a_tick(i: int, ok: Callable[[dict[str, Any]], bool]) -> bool:
         return ok(rows[i]) or (i + 1 < len(rows) and ok(rows[i + 1]))
+
+    def limited(r: dict[str, Any]) -> bool:
+        """A limit at this tick that may move the governor down at once, dwell or not."""
+        temp, battery = r["temperature_c"], r["battery_percent"]
+        hot = temp is not None and temp >= r["soft_c"]
+        low = battery is not None and r["charging"] is not True and battery < policy.battery_saver_pct
+        return hot or low or not r["sensor_ok"]
 
     last_switch = None
     for i, r in enumerate(rows):
@@ -235,12 +256,14 @@ def check_policy(rows: list[dict[str, Any]], policy: Policy, last: int, saver: i
                 violations.append(f"t={t:g}: battery {battery:.0f}% and not at the most conservative point within a tick")
             elif battery < policy.battery_saver_pct and not within_a_tick(i, lambda x: x["level"] >= saver):
                 violations.append(f"t={t:g}: battery {battery:.0f}% and not at a saver point within a tick")
-        if policy.power_budget_mw and r["power_mw"] and r["power_mw"] > policy.power_budget_mw and r["level"] < last:
+        dwelt = last_switch is None or t - last_switch >= policy.min_dwell_s
+        if policy.power_budget_mw and r["power_mw"] and r["power_mw"] > policy.power_budget_mw and r["level"] < last and dwelt:
             if not within_a_tick(i, lambda x: x["level"] > r["level"]):
                 violations.append(f"t={t:g}: power {r['power_mw']:.0f} mW over budget and no step down within a tick")
-        if r["switched"]:
-            if not r["forced"] and last_switch is not None and t - last_switch < policy.min_dwell_s:
-                violations.append(f"t={t:g}: relaxing switch {t - last_switch:g} s after the last one (dwell {policy.min_dwell_s:g} s)")
+        if i > 0 and r["level"] != rows[i - 1]["level"]:
+            down = r["level"] > rows[i - 1]["level"]
+            if not dwelt and not (down and limited(r)):
+                violations.append(f"t={t:g}: switch {t - last_switch:g} s after the last one (dwell {policy.min_dwell_s:g} s) with no limit forcing it")
             last_switch = t
     return violations
 

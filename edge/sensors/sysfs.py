@@ -8,8 +8,16 @@ temp dir. Layouts (../shared/reference/tensorrt-jetson.md, section 7):
   battery   class/power_supply/*/{type = Battery, capacity (%), status}
   RAPL      class/powercap/intel-rapl:N/{name, energy_uj, max_energy_range_uj} (cumulative, wraps)
   nvpmodel  var/lib/nvpmodel/status ("pmode:0002"), named by etc/nvpmodel.conf
-Total power: the board's input rail (VDD_IN, POM_5V_IN, VIN_SYS_5V0) where there is
-one, else the sum of the RAPL packages (which needs two reads).
+Total power: the board's input rail (VDD_IN, POM_5V_IN) where there is one, else the
+sum of the rails read (AGX Orin has no input rail on its monitors), else the sum of the
+RAPL packages (which needs two reads).
+
+Zones are named like jtop names them: the type cut at the first '-' ("tj-thermal" ->
+"tj"). Channels and counters that cannot be read when the source opens (a disabled
+INA3221 channel, RAPL without root) are left out and their field reported missing; one
+that could be read and stops is a lost sensor (SensorError). A reading's time is when
+it was read: sysfs has no sample time, so values frozen by a stuck driver cannot be
+told from steady ones.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from typing import Callable
 
 from edge.sensors.base import Reading, SensorError, SensorSource, SensorUnavailable
 
-INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VIN_SYS_5V0")  # the whole board's draw, by board
+INPUT_RAILS = ("VDD_IN", "POM_5V_IN")  # the whole board's draw, where a monitor has it
 OFFLINE_C = -200.0  # below this a zone is offline (jtop reports -256)
 
 
@@ -35,10 +43,12 @@ class SysfsSource(SensorSource):
         if not sys_dir.is_dir():
             raise SensorUnavailable(f"sysfs: {sys_dir} does not exist")
         self._zones = sorted((sys_dir / "class/thermal").glob("thermal_zone*"))
-        self._hwmon_rails = _hwmon_rails(sys_dir)
-        self._iio_rails = _iio_rails(sys_dir)
+        self._hwmon_rails = [r for r in _hwmon_rails(sys_dir) if all(_number(f) is not None or f.name.endswith("_label") for f in r)]
+        self._iio_rails = [r for r in _iio_rails(sys_dir) if _number(r[1]) is not None]
         self._batteries = [p for p in sorted((sys_dir / "class/power_supply").glob("*")) if _text(p / "type") == "Battery"]
-        self._rapl = sorted(p for p in (sys_dir / "class/powercap").glob("intel-rapl:*") if ":" not in p.name.split("intel-rapl:", 1)[1])
+        packages = sorted(p for p in (sys_dir / "class/powercap").glob("intel-rapl:*") if ":" not in p.name.split("intel-rapl:", 1)[1])
+        # A counter readable now, with its wrap-around range: anything else cannot give power.
+        self._rapl = {p: int(r) for p in packages if _number(p / "energy_uj") is not None and (r := _number(p / "max_energy_range_uj"))}
         self._rapl_last: dict[Path, tuple[float, int]] = {}
         self._nvpmodel_status = self.root / "var/lib/nvpmodel/status"
         if not (self._zones or self._hwmon_rails or self._iio_rails or self._batteries or self._rapl):
@@ -50,6 +60,8 @@ class SysfsSource(SensorSource):
         rails = self._rails()
         battery, charging = self._battery()
         power = next((rails[r] for r in INPUT_RAILS if r in rails), None)
+        if power is None and rails:
+            power = sum(rails.values())
         if power is None and self._rapl:
             power = self._rapl_power(now)
         return Reading(now, self.name, temperatures, trips, power, rails, battery, charging, self._nvpmodel())
@@ -64,7 +76,7 @@ class SysfsSource(SensorSource):
             raw = _number(zone / "temp")
             if raw is None or raw / 1000.0 < OFFLINE_C:
                 continue  # an offline sensor: that zone is missing from this reading
-            name = _unique(kind, temperatures)
+            name = _unique(kind.split("-", 1)[0], temperatures)
             temperatures[name] = raw / 1000.0
             zone_trips = _trip_points(zone)
             if zone_trips:
@@ -97,7 +109,7 @@ class SysfsSource(SensorSource):
     def _rapl_power(self, now: float) -> float | None:
         """Package power from the energy counters' change since the last read (None the first time)."""
         total, complete = 0.0, True
-        for package in self._rapl:
+        for package, wrap in self._rapl.items():
             energy = _number(package / "energy_uj")
             if energy is None:
                 raise SensorError(f"sysfs: RAPL counter {package.name} unreadable (root only on some kernels)")
@@ -108,7 +120,7 @@ class SysfsSource(SensorSource):
                 continue
             delta = int(energy) - last[1]
             if delta < 0:  # the counter wrapped
-                delta += int(_number(package / "max_energy_range_uj") or 0)
+                delta += wrap
             total += delta / (now - last[0]) / 1000.0  # uJ/s = uW -> mW
         return total if complete else None
 
