@@ -38,6 +38,23 @@ class App:
         self.config, self.models, self.governor, self.metrics = config, models, governor, metrics
         self.token = config.token()
         self.live = True
+        self._inflight = 0
+        self._idle = threading.Condition()
+
+    def begin(self) -> None:
+        with self._idle:
+            self._inflight += 1
+
+    def end(self) -> None:
+        with self._idle:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Until every request being handled has been answered (shutdown)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout_s)
 
     def ready(self) -> bool:
         return self.live and bool(self.models) and all(m.ready for m in self.models.values())
@@ -90,7 +107,11 @@ class Handler(BaseHTTPRequestHandler):
         model = self._model(match, discard=True)
         if model is None:
             return None
-        self._infer(model)
+        self.app.begin()
+        try:
+            self._infer(model)
+        finally:
+            self.app.end()
 
     # --- inference ---------------------------------------------------------------------------
 

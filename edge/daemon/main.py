@@ -81,6 +81,8 @@ class Daemon:
         self.server.shutdown()
         for model in self.models.values():
             model.stop()
+        if not self.app.wait_idle(30.0):
+            log.warning("stopping with requests still being answered")
         for loop in self.governors:
             loop.stop()
         self.server.server_close()

@@ -98,11 +98,17 @@ class Model:
 
     def _serve(self) -> None:
         held: Job | None = None
+        stopping = False
         while True:
-            job = held or self._queue.get()
-            held = None
-            if job is None:
+            if held is not None:
+                job, held = held, None
+            elif stopping:
                 return
+            else:
+                got = self._queue.get()
+                if got is None:
+                    return
+                job = got
             batch, rows = [job], len(job.images)
             until = time.monotonic() + self.max_delay_s
             while rows < self.max_batch:
@@ -111,15 +117,16 @@ class Model:
                     nxt = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None or nxt.point != job.point or rows + len(nxt.images) > self.max_batch:
-                    held = nxt  # runs next, alone or with its own kind (None: stop after this batch)
+                if nxt is None:  # stop once what was queued before it is answered
+                    stopping = True
+                    break
+                if nxt.point != job.point or rows + len(nxt.images) > self.max_batch:
+                    held = nxt  # runs next, with its own kind
                     break
                 batch.append(nxt)
                 rows += len(nxt.images)
             self.metrics.queue_depth.set(self._queue.qsize(), model=self.name)
             self._run(batch)
-            if held is None and self._stopping and self._queue.empty():
-                return
 
     def _run(self, batch: list[Job]) -> None:
         now = time.monotonic()

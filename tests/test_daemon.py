@@ -1,0 +1,328 @@
+"""edged over loopback: tritonclient (JSON and binary), raw HTTP for malformed requests,
+concurrent load, overload, faults (a sensor dying, an engine missing), auth, shutdown."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from edge.daemon.config import ConfigError, DaemonConfig, load_config
+from edge.daemon.main import Daemon
+from edge.manifest import load_manifest, save_manifest
+from edge.runtime import Runtime
+from tests.conftest import INPUT_SHAPE
+from tests.test_sensors import orin_nano
+
+tritonclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (the 'test' extra) is not installed")
+ROOT = Path(__file__).resolve().parents[1]
+MEASURED = {"full": (3.0, 0.90), "eager": (1.0, 0.80), "late": (2.0, 0.85)}
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory, built_dir: Path) -> Path:
+    """The digits engines, their operating points given measured figures (as edge-calibrate writes)."""
+    folder = Path(shutil.copytree(built_dir, tmp_path_factory.mktemp("repo") / "digits"))
+    manifest = load_manifest(folder)
+    points = [dataclasses.replace(p, measured={"mean_ms": MEASURED[p.name][0], "accuracy": MEASURED[p.name][1]}) for p in manifest.operating_points]
+    save_manifest(dataclasses.replace(manifest, operating_points=points), folder / "manifest.json")
+    return folder
+
+
+def start(config: DaemonConfig) -> Daemon:
+    daemon = Daemon(config)
+    daemon.start()
+    return daemon
+
+
+@pytest.fixture
+def served(engines: Path, tmp_path: Path) -> Iterator[tuple[Daemon, str]]:
+    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="sysfs", sysfs_root=str(orin_nano(tmp_path)), tick_s=0.05))
+    host, port = daemon.address
+    yield daemon, f"{host}:{port}"
+    daemon.stop()
+
+
+def client(url: str) -> Any:
+    return tritonclient.InferenceServerClient(url, connection_timeout=30, network_timeout=30)
+
+
+def infer(url: str, images: np.ndarray, binary: bool = True, **kw: Any) -> Any:
+    tensor = tritonclient.InferInput("input", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images, binary_data=binary)
+    outputs = [tritonclient.InferRequestedOutput(n, binary_data=binary) for n in ("probabilities", "exit", "prediction")]
+    return client(url).infer("digits", [tensor], outputs=outputs, **kw)
+
+
+def raw(url: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    host, port = url.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, (json.loads(data) if data and response.getheader("Content-Type", "").startswith("application/json") else {})
+
+
+def json_request(images: np.ndarray, name: str = "input", datatype: str = "FP32", **extra: Any) -> bytes:
+    return json.dumps({"inputs": [{"name": name, "shape": list(images.shape), "datatype": datatype, "data": images.ravel().tolist()}], **extra}).encode()
+
+
+# --- the protocol with the standard client --------------------------------------------------------
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_infers_like_the_runtime_in_process(served, engines: Path, real_images: np.ndarray, binary: bool) -> None:
+    _, url = served
+    reference = Runtime(engines).infer(real_images[:5])
+    result = infer(url, real_images[:5], binary)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), reference.probabilities, atol=1e-6)
+    np.testing.assert_array_equal(result.as_numpy("exit"), reference.exits)
+    np.testing.assert_array_equal(result.as_numpy("prediction"), reference.predictions)
+    parameters = result.get_response()["parameters"]
+    assert parameters["operating_point"] == "full" and parameters["exits"] == ",".join(map(str, reference.exits))
+
+
+def test_all_outputs_in_binary_when_none_are_named(served, real_images: np.ndarray) -> None:
+    _, url = served
+    tensor = tritonclient.InferInput("input", [2, *INPUT_SHAPE], "FP32")
+    tensor.set_data_from_numpy(real_images[:2])
+    result = client(url).infer("digits", [tensor])
+    assert result.as_numpy("probabilities").shape == (2, 10) and result.as_numpy("exit").dtype == np.int64
+
+
+def test_health_and_metadata(served) -> None:
+    _, url = served
+    c = client(url)
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("digits")
+    meta = c.get_model_metadata("digits")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, *INPUT_SHAPE]}]
+    assert {o["name"] for o in meta["outputs"]} == {"probabilities", "prediction", "exit"}
+    assert c.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    with pytest.raises(tritonclient.InferenceServerException, match="unknown model 'nope'"):
+        c.get_model_metadata("nope")
+
+
+def test_a_request_can_ask_for_a_point_or_a_latency_budget(served, real_images: np.ndarray) -> None:
+    _, url = served
+    eager = infer(url, real_images[:4], parameters={"operating_point": "eager"})
+    assert eager.get_response()["parameters"]["operating_point"] == "eager" and (eager.as_numpy("exit") == 0).all()
+    budget = infer(url, real_images[:4], parameters={"latency_budget_ms": 2.5})  # late (2.0 ms, 85%) fits, full (3.0) does not
+    assert budget.get_response()["parameters"]["operating_point"] == "late"
+    with pytest.raises(tritonclient.InferenceServerException, match="no operating point fits 0.5 ms"):
+        infer(url, real_images[:1], parameters={"latency_budget_ms": 0.5})
+
+
+# --- malformed requests: a 4xx each, and the server keeps serving ----------------------------------
+
+def malformed_cases(images: np.ndarray) -> list[tuple[str, str, bytes | None, dict[str, str], int, str]]:
+    good = json_request(images)
+    binary_header = json.dumps({"inputs": [{"name": "input", "shape": list(images.shape), "datatype": "FP32", "parameters": {"binary_data_size": images.nbytes}}]}).encode()
+    return [
+        ("POST", "/v2/models/digits/infer", b"{not json", {}, 400, "not valid JSON"),
+        ("POST", "/v2/models/digits/infer", b"[1, 2]", {}, 400, "JSON object"),
+        ("POST", "/v2/models/digits/infer", json_request(images, name="image"), {}, 400, "takes one input named 'input'"),
+        ("POST", "/v2/models/digits/infer", json_request(images.reshape(len(images), 1, 64)), {}, 400, "shape"),
+        ("POST", "/v2/models/digits/infer", json_request(images, datatype="INT32"), {}, 400, "must be FP32"),
+        ("POST", "/v2/models/digits/infer", json_request(images, datatype="STRING"), {}, 400, "not supported"),
+        ("POST", "/v2/models/digits/infer", json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [1.0] * 3}]}).encode(), {}, 400, "3 values for shape"),
+        ("POST", "/v2/models/digits/infer", binary_header + images.tobytes()[:-4], {"Inference-Header-Content-Length": str(len(binary_header))}, 400, "binary data ends after"),
+        ("POST", "/v2/models/digits/infer", binary_header + images.tobytes() + b"xxxx", {"Inference-Header-Content-Length": str(len(binary_header))}, 400, "add up to"),
+        ("POST", "/v2/models/digits/infer", good, {"Inference-Header-Content-Length": "99999999"}, 400, "does not fit"),
+        ("POST", "/v2/models/digits/infer", json_request(images, outputs=[{"name": "logits"}]), {}, 400, "unknown outputs ['logits']"),
+        ("POST", "/v2/models/digits/infer", json_request(images, parameters={"operating_point": "turbo"}), {}, 400, "no operating point 'turbo'"),
+        ("POST", "/v2/models/digits/infer", json_request(images, parameters={"latency_budget_ms": -1}), {}, 400, "positive number"),
+        ("POST", "/v2/models/nope/infer", good, {}, 404, "unknown model 'nope'"),
+        ("POST", "/v2/models/digits/versions/7/infer", good, {}, 404, "only version 1"),
+        ("POST", "/v2/models/digits/infer", b"x" * 10, {"Content-Length": str(2 << 20)}, 413, "exceeds"),
+        ("GET", "/v2/nothing", None, {}, 404, "no route"),
+    ]
+
+
+def test_every_malformed_request_gets_a_clear_4xx_and_the_server_keeps_serving(engines: Path, real_images: np.ndarray) -> None:
+    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="none", max_body_bytes=1 << 20))
+    host, port = daemon.address
+    url = f"{host}:{port}"
+    try:
+        for method, path, body, headers, status, message in malformed_cases(real_images[:3]):
+            got, doc = raw(url, method, path, body, headers)
+            assert (got, message in doc.get("error", "")) == (status, True), (path, body[:60] if body else None, got, doc)
+        assert raw(url, "GET", "/v2/health/ready")[0] == 200
+        np.testing.assert_array_equal(infer(url, real_images[:2]).as_numpy("prediction"), Runtime(engines).infer(real_images[:2]).predictions)
+        metrics = raw_text(url, "/metrics")
+        assert 'edge_requests_total{code="400",model="digits"}' in metrics and 'edge_request_errors_total{kind="bad_request"}' in metrics
+    finally:
+        daemon.stop()
+
+
+def raw_text(url: str, path: str) -> str:
+    host, port = url.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", path)
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return text
+
+
+# --- load and overload -------------------------------------------------------------------------------
+
+def test_concurrent_load_loses_nothing_and_answers_each_request_with_its_own_images(served, engines: Path, digits_test) -> None:
+    _, url = served
+    images = np.ascontiguousarray(digits_test.images[:200], dtype=np.float32)
+    expected = Runtime(engines).infer(images[:64]).predictions
+    rng = np.random.default_rng(0)
+    jobs = [(int(s), int(n)) for s, n in zip(rng.integers(0, 60, 240), rng.integers(1, 5, 240))]
+
+    def one(job: tuple[int, int]) -> bool:
+        start, n = job
+        got = infer(url, images[start:start + n]).as_numpy("prediction")
+        return bool(np.array_equal(got, expected[start:start + n]))
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(one, jobs))
+    assert len(answers) == len(jobs) and all(answers)
+
+
+def test_overload_is_refused_fast_and_what_is_accepted_is_right(engines: Path, real_images: np.ndarray) -> None:
+    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="none", queue_size=1, max_batch=1))
+    host, port = daemon.address
+    url = f"{host}:{port}"
+    expected = Runtime(engines).infer(real_images[:1]).predictions
+    body = json_request(real_images[:1])
+
+    def one(_: int) -> tuple[int, dict[str, Any]]:
+        return raw(url, "POST", "/v2/models/digits/infer", body)
+
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(one, range(400)))
+        statuses = [s for s, _ in answers]
+        assert set(statuses) <= {200, 503} and statuses.count(503) > 0 and statuses.count(200) > 0
+        assert all("overloaded" in doc["error"] for s, doc in answers if s == 503)
+        assert all(doc["outputs"][1]["data"] == expected.tolist() for s, doc in answers if s == 200)
+        assert "edge_refusals_total" in raw_text(url, "/metrics")
+    finally:
+        daemon.stop()
+
+
+# --- faults ----------------------------------------------------------------------------------------------
+
+def test_a_sensor_that_dies_mid_run_sends_the_governor_to_the_cheapest_point(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
+    root = orin_nano(tmp_path)
+    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="sysfs", sysfs_root=str(root), tick_s=0.05))
+    host, port = daemon.address
+    url = f"{host}:{port}"
+    try:
+        assert daemon.governors[0].governor.point == "full"
+        shutil.rmtree(root / "sys/class/thermal/thermal_zone2")  # the tj sensor is gone
+        deadline = threading.Event()
+        for _ in range(100):
+            if daemon.governors[0].governor.point == "eager":
+                break
+            deadline.wait(0.05)
+        status, state = raw(url, "GET", "/v2/edge/governor")
+        assert status == 200 and state["point"] == "eager" and "sensor lost" in state["decisions"][-1]["reason"]
+        assert 'edge_sensor_up{source="sysfs"} 0' in raw_text(url, "/metrics")
+        result = infer(url, real_images[:3])  # still serving, at the cheapest point
+        assert result.get_response()["parameters"]["operating_point"] == "eager"
+    finally:
+        daemon.stop()
+
+
+def test_an_engine_missing_at_start_leaves_the_server_up_and_the_model_not_ready(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
+    broken = Path(shutil.copytree(engines, tmp_path / "digits"))
+    (broken / "segment_1.onnx").unlink()
+    daemon = start(DaemonConfig(model_repository=str(broken), port=0, sensors="none"))
+    host, port = daemon.address
+    url = f"{host}:{port}"
+    try:
+        assert raw(url, "GET", "/v2/health/live")[0] == 200
+        assert raw(url, "GET", "/v2/health/ready")[0] == 503
+        status, meta = raw(url, "GET", "/v2/models/digits")
+        assert status == 200 and meta["ready"] is False and "segment_1.onnx" in meta["reason"]
+        status, doc = raw(url, "POST", "/v2/models/digits/infer", json_request(real_images[:1]))
+        assert status == 503 and "not ready" in doc["error"] and "segment_1.onnx" in doc["error"]
+        assert 'edge_model_ready{model="digits"} 0' in raw_text(url, "/metrics")
+    finally:
+        daemon.stop()
+
+
+def test_a_bearer_token_guards_infer_and_admin_but_not_health(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="none", token_file=str(tmp_path / "token")))
+    host, port = daemon.address
+    url = f"{host}:{port}"
+    try:
+        assert raw(url, "GET", "/v2/health/ready")[0] == 200
+        assert raw(url, "POST", "/v2/models/digits/infer", json_request(real_images[:1]))[0] == 401
+        assert raw(url, "GET", "/v2/edge/governor", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert raw(url, "POST", "/v2/models/digits/infer", json_request(real_images[:1]), {"Authorization": "Bearer s3cret"})[0] == 200
+        result = infer(url, real_images[:1], headers={"Authorization": "Bearer s3cret"})
+        assert result.as_numpy("prediction").shape == (1,)
+    finally:
+        daemon.stop()
+
+
+# --- config and operations -------------------------------------------------------------------------------
+
+def test_config_file_then_overrides_and_bad_keys(tmp_path: Path) -> None:
+    path = tmp_path / "edged.toml"
+    path.write_text('port = 9001\nhost = "0.0.0.0"\nmax_batch = 8\n')
+    config = load_config(path, {"port": 9100, "host": None})
+    assert (config.port, config.host, config.max_batch) == (9100, "0.0.0.0", 8)
+    assert load_config(ROOT / "deploy/edged.toml", {}) == DaemonConfig(policy="policies/default.json")
+    path.write_text("prot = 1\n")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_config(path, {})
+    path.write_text('port = "x"\n')
+    with pytest.raises(ConfigError, match="port must be int"):
+        load_config(path, {})
+    with pytest.raises(ConfigError, match="sensors must be"):
+        DaemonConfig(sensors="thermometer")
+
+
+def test_sigterm_answers_queued_requests_then_exits_and_systemd_hears_ready(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(120)
+    config = tmp_path / "edged.json"
+    config.write_text(json.dumps({"model_repository": str(engines), "port": 0, "sensors": "none", "max_delay_ms": 500.0}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": notify_path}
+    process = subprocess.Popen([sys.executable, "-m", "edge.daemon.main", "--config", str(config)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert notify.recv(64) == b"READY=1"
+        url = None
+        for line in process.stderr:  # type: ignore[union-attr]
+            entry = json.loads(line)
+            if entry["message"].startswith("serving"):
+                url = entry["message"].rsplit("//", 1)[1]
+                break
+        assert url is not None
+        body = json_request(real_images[:2])
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(raw, url, "POST", "/v2/models/digits/infer", body) for _ in range(8)]
+            threading.Event().wait(0.15)  # the requests wait in the queue (500 ms batching delay)
+            process.send_signal(signal.SIGTERM)
+            answers = [f.result() for f in futures]
+        assert process.wait(60) == 0
+        assert notify.recv(64) == b"STOPPING=1"
+        assert all(status == 200 for status, _ in answers), [s for s, _ in answers]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()  # type: ignore[union-attr]
+        notify.close()
