@@ -7,6 +7,7 @@ import dataclasses
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -146,7 +147,11 @@ def malformed_cases(images: np.ndarray) -> list[tuple[str, str, bytes | None, di
         ("POST", "/v2/models/digits/infer", json_request(images, parameters={"latency_budget_ms": -1}), {}, 400, "positive number"),
         ("POST", "/v2/models/nope/infer", good, {}, 404, "unknown model 'nope'"),
         ("POST", "/v2/models/digits/versions/7/infer", good, {}, 404, "only version 1"),
-        ("POST", "/v2/models/digits/infer", b"x" * 10, {"Content-Length": str(2 << 20)}, 413, "exceeds"),
+        ("POST", "/v2/models/digits/infer", b"x" * (2 << 20), {}, 413, "exceeds"),  # read and dropped: the client gets the answer
+        ("POST", "/v2/models/digits/infer", good, {"Content-Encoding": "gzip"}, 415, "not supported"),
+        ("POST", "/v2/models/digits/infer", b"[" * 100000 + b"]" * 100000, {}, 400, "nests too deeply"),
+        ("POST", "/v2/models/digits/infer", json.dumps({"inputs": [{"name": "input", "shape": [2**62, 4, 1, 1], "datatype": "FP32", "data": []}]}).encode(), {}, 400, "elements"),
+        ("POST", "/v2/models/digits/infer", json_request(images, outputs=[{"name": "probabilities", "parameters": {"class_count": 3}}]), {}, 400, "class_count"),
         ("GET", "/v2/nothing", None, {}, 404, "no route"),
     ]
 
@@ -225,15 +230,15 @@ def test_a_sensor_that_dies_mid_run_sends_the_governor_to_the_cheapest_point(eng
     host, port = daemon.address
     url = f"{host}:{port}"
     try:
-        assert daemon.governors[0].governor.point == "full"
+        assert daemon.governors["digits"].governor.point == "full"
         shutil.rmtree(root / "sys/class/thermal/thermal_zone2")  # the tj sensor is gone
         deadline = threading.Event()
         for _ in range(100):
-            if daemon.governors[0].governor.point == "eager":
+            if daemon.governors["digits"].governor.point == "eager":
                 break
             deadline.wait(0.05)
         status, state = raw(url, "GET", "/v2/edge/governor")
-        assert status == 200 and state["point"] == "eager" and "sensor lost" in state["decisions"][-1]["reason"]
+        assert status == 200 and state["digits"]["point"] == "eager" and "sensor lost" in state["digits"]["decisions"][-1]["reason"]
         assert 'edge_sensor_up{source="sysfs"} 0' in raw_text(url, "/metrics")
         result = infer(url, real_images[:3])  # still serving, at the cheapest point
         assert result.get_response()["parameters"]["operating_point"] == "eager"
@@ -268,6 +273,8 @@ def test_a_bearer_token_guards_infer_and_admin_but_not_health(engines: Path, tmp
         assert raw(url, "GET", "/v2/health/ready")[0] == 200
         assert raw(url, "POST", "/v2/models/digits/infer", json_request(real_images[:1]))[0] == 401
         assert raw(url, "GET", "/v2/edge/governor", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert raw(url, "GET", "/metrics")[0] == 401
+        assert raw(url, "GET", "/v2/edge/governor", headers={"Authorization": "bearer s3cret"})[0] == 200
         assert raw(url, "POST", "/v2/models/digits/infer", json_request(real_images[:1]), {"Authorization": "Bearer s3cret"})[0] == 200
         result = infer(url, real_images[:1], headers={"Authorization": "Bearer s3cret"})
         assert result.as_numpy("prediction").shape == (1,)
@@ -326,3 +333,57 @@ def test_sigterm_answers_queued_requests_then_exits_and_systemd_hears_ready(engi
             process.wait()
         process.stderr.close()  # type: ignore[union-attr]
         notify.close()
+
+
+def test_a_body_without_a_length_closes_the_connection_so_it_cannot_desync_the_next(served, real_images: np.ndarray) -> None:
+    _, url = served
+    host, port = url.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        body = json_request(real_images[:1])
+        sock.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 411") and b"Connection: close" in reply and reply.count(b"HTTP/1.1") == 1
+
+
+def test_batches_never_exceed_the_engines_maximum_batch(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
+    small = Path(shutil.copytree(engines, tmp_path / "digits"))
+    manifest = load_manifest(small)
+    save_manifest(dataclasses.replace(manifest, batch={**manifest.batch, "max": 4}), small / "manifest.json")
+    daemon = start(DaemonConfig(model_repository=str(small), port=0, sensors="none", max_batch=16, max_delay_ms=100.0))
+    host, port = daemon.address
+    url = f"{host}:{port}"
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda i: raw(url, "POST", "/v2/models/digits/infer", json_request(real_images[2 * i:2 * i + 2])), range(6)))
+        assert [s for s, _ in answers] == [200] * 6
+        metrics = raw_text(url, "/metrics")
+        assert 'edge_batch_size_bucket{le="4"} ' in metrics and "edge_batch_size_count" in metrics
+        assert float(re.search(r'edge_batch_size_bucket\{le="4"\} (\S+)', metrics)[1]) == float(re.search(r"edge_batch_size_count (\S+)", metrics)[1])
+        assert float(re.search(r'edge_batch_size_bucket\{le="2"\} (\S+)', metrics)[1]) < float(re.search(r"edge_batch_size_count (\S+)", metrics)[1])  # some batches joined requests
+    finally:
+        daemon.stop()
+
+
+def test_a_request_that_waits_past_its_timeout_gets_504(engines: Path, real_images: np.ndarray) -> None:
+    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="none", request_timeout_s=0.05, max_delay_ms=300.0))
+    host, port = daemon.address
+    try:
+        status, doc = raw(f"{host}:{port}", "POST", "/v2/models/digits/infer", json_request(real_images[:1]))
+        assert status == 504 and "timed out" in doc["error"]
+    finally:
+        daemon.stop()
+
+
+def test_metrics_follow_the_prometheus_text_format(served, real_images: np.ndarray) -> None:
+    _, url = served
+    infer(url, real_images[:3])
+    text = raw_text(url, "/metrics")
+    sample = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"\n]*",?)*\})? (-?[0-9.e+]+|NaN|[+-]Inf)$')
+    for line in text.strip().splitlines():
+        assert line.startswith(("# HELP ", "# TYPE ")) or sample.match(line), line
+    assert 'edge_operating_point{model="digits",point="full"} 1' in text
+    assert re.search(r'edge_sensor_temperature_celsius\{zone="tj"\} 52.1', text)
+    assert re.search(r'edge_exits_total\{exit="\d",model="digits"\} \d+', text)

@@ -28,14 +28,16 @@ from edge.errors import InputError, ManifestError
 log = logging.getLogger(__name__)
 
 SERVER_NAME, SERVER_VERSION = "edged", "0.1.0"
+DISCARD_LIMIT = 64 << 20  # bytes of an unwanted body read and dropped before closing instead
+IDLE_TIMEOUT_S = 10.0  # a connection silent this long (mid-body, or idle keep-alive) is closed
 MODEL_ROUTE = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
 
 
 class App:
     """What the handlers serve: the models, the governor loop, metrics, config."""
 
-    def __init__(self, config: DaemonConfig, models: dict[str, Model], governor: GovernorLoop | None, metrics: Registry) -> None:
-        self.config, self.models, self.governor, self.metrics = config, models, governor, metrics
+    def __init__(self, config: DaemonConfig, models: dict[str, Model], governors: dict[str, GovernorLoop], metrics: Registry) -> None:
+        self.config, self.models, self.governors, self.metrics = config, models, governors, metrics
         self.token = config.token()
         self.live = True
         self._inflight = 0
@@ -62,6 +64,7 @@ class App:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_S
     disable_nagle_algorithm = True  # headers and body go in separate writes: Nagle + delayed ACK cost 40 ms
     server_version = f"{SERVER_NAME}/{SERVER_VERSION}"
     app: App  # set on the subclass the server makes
@@ -80,11 +83,12 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/v2":
             return self._json(HTTPStatus.OK, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
         if path == "/metrics":
-            return self._send(HTTPStatus.OK, self.app.metrics.render().encode(), "text/plain; version=0.0.4")
+            if self._authorized():
+                self._send(HTTPStatus.OK, self.app.metrics.render().encode(), "text/plain; version=0.0.4")
+            return None
         if path == "/v2/edge/governor":
             if self._authorized():
-                state = self.app.governor.state() if self.app.governor else {"governor": "off (sensors = none)"}
-                self._json(HTTPStatus.OK, state)
+                self._json(HTTPStatus.OK, {name: g.state() for name, g in self.app.governors.items()})
             return None
         match = MODEL_ROUTE.match(path)
         if match and match["rest"] != "/infer":
@@ -107,19 +111,18 @@ class Handler(BaseHTTPRequestHandler):
         model = self._model(match, discard=True)
         if model is None:
             return None
-        self.app.begin()
-        try:
-            self._infer(model)
-        finally:
-            self.app.end()
+        self._infer(model)
 
     # --- inference ---------------------------------------------------------------------------
 
     def _infer(self, model: Model) -> None:
         started = time.perf_counter()
         status = HTTPStatus.OK
+        counted = False
         try:
             body = self._read_body()
+            self.app.begin()  # answered before shutdown completes (a stalled upload is not waited for)
+            counted = True
             request = parse_request(body, self.headers.get("Inference-Header-Content-Length"))
             images = self._image_input(model, request.inputs)
             point = self._point_for(model, request.parameters)
@@ -150,18 +153,25 @@ class Handler(BaseHTTPRequestHandler):
         except RequestTimeout as exc:
             status = HTTPStatus.GATEWAY_TIMEOUT
             self._error(status, f"timed out: {exc}")
+        except (BrokenPipeError, ConnectionResetError):
+            status = HTTPStatus.OK  # answered; the client left before reading it
+            self.close_connection = True
         except Exception as exc:  # an engine failing: the request fails, the server goes on
             log.exception("inference failed")
             status = HTTPStatus.INTERNAL_SERVER_ERROR
             self._error(status, f"inference failed: {exc}")
+        finally:
+            if counted:
+                self.app.end()
         elapsed = time.perf_counter() - started
         self.app.metrics.requests.inc(model=model.name, code=str(int(status)))
         if status != HTTPStatus.OK:
             self.app.metrics.errors.inc(kind=status.phrase.lower().replace(" ", "_"))
         else:
             self.app.metrics.latency.observe(elapsed)
-            if self.app.governor is not None:
-                self.app.governor.record_latency(elapsed)
+            governor = self.app.governors.get(model.name)
+            if governor is not None:
+                governor.record_latency(elapsed)
 
     def _image_input(self, model: Model, inputs: dict[str, np.ndarray]) -> np.ndarray:
         expected = model_input_name(model)
@@ -215,8 +225,8 @@ class Handler(BaseHTTPRequestHandler):
         token = self.app.token
         if token is None:
             return True
-        given = self.headers.get("Authorization", "")
-        if given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), token.encode()):
+        scheme, _, given = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
             return True
         if discard:
             self._discard_body()
@@ -224,38 +234,65 @@ class Handler(BaseHTTPRequestHandler):
         return False
 
     def _content_length(self) -> int:
+        """The body's length; where it cannot be known the connection is closed after the
+        answer, since its unread bytes would be taken for the next request."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise ProtocolError("chunked bodies are not supported: send Content-Length", HTTPStatus.LENGTH_REQUIRED)
         raw = self.headers.get("Content-Length")
         if raw is None:
+            self.close_connection = True
             raise ProtocolError("Content-Length is required", HTTPStatus.LENGTH_REQUIRED)
         try:
             length = int(raw)
         except ValueError:
+            self.close_connection = True
             raise ProtocolError(f"Content-Length must be an integer, got {raw!r}") from None
         if length < 0:
+            self.close_connection = True
             raise ProtocolError("Content-Length must not be negative")
         return length
 
     def _read_body(self) -> bytes:
         length = self._content_length()
         if length > self.app.config.max_body_bytes:
-            self.close_connection = True  # the unread body would be taken for the next request
+            self._skip(length)
             raise ProtocolError(f"body of {length} bytes exceeds the {self.app.config.max_body_bytes}-byte limit", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-        body = self.rfile.read(length)
+        if self.headers.get("Content-Encoding", "identity").lower() != "identity":
+            self._skip(length)
+            raise ProtocolError(f"Content-Encoding {self.headers['Content-Encoding']!r} is not supported: send the body uncompressed", HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
+        try:
+            body = self.rfile.read(length)
+        except OSError:  # TimeoutError after IDLE_TIMEOUT_S of silence, or a reset
+            self.close_connection = True
+            raise ProtocolError(f"the body did not arrive within {IDLE_TIMEOUT_S:g} s", HTTPStatus.REQUEST_TIMEOUT) from None
         if len(body) != length:
             self.close_connection = True
             raise ProtocolError(f"body ended after {len(body)} of {length} bytes")
         return body
 
+    def _skip(self, length: int) -> None:
+        """Read an unwanted body so the client sees the answer rather than a reset; past
+        DISCARD_LIMIT, close instead."""
+        if length > DISCARD_LIMIT:
+            self.close_connection = True
+            return
+        try:
+            while length > 0:
+                chunk = self.rfile.read(min(length, 1 << 16))
+                if not chunk:
+                    break
+                length -= len(chunk)
+        except OSError:  # a stalled sender (the idle timeout) or a reset
+            pass
+        if length > 0:
+            self.close_connection = True
+
     def _discard_body(self) -> None:
         try:
-            length = self._content_length()
+            self._skip(self._content_length())
         except ProtocolError:
-            self.close_connection = True
-            return
-        if length > self.app.config.max_body_bytes:
-            self.close_connection = True
-            return
-        self.rfile.read(length)
+            pass
 
     def _empty(self, status: HTTPStatus) -> None:
         self._send(status, b"", "text/plain")
@@ -333,6 +370,10 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Into the structured log, not a plain traceback on stderr."""
+        log.warning("connection from %s failed", client_address, exc_info=True)
 
 
 def make_server(app: App, host: str, port: int) -> Server:

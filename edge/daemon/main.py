@@ -38,8 +38,9 @@ class Daemon:
             name: Model(name, folder, config.backend, self.metrics, config.max_batch, config.max_delay_ms / 1e3, config.queue_size)
             for name, folder in find_models(Path(config.model_repository)).items()
         }
-        self.governors = [g for g in (self._governor(m) for m in self.models.values()) if g is not None]
-        self.app = App(config, self.models, self.governors[0] if self.governors else None, self.metrics)
+        loops = {name: self._governor(m) for name, m in self.models.items()}
+        self.governors = {name: g for name, g in loops.items() if g is not None}
+        self.app = App(config, self.models, self.governors, self.metrics)
         self.server: Server = make_server(self.app, config.host, config.port)
         self._thread: threading.Thread | None = None
 
@@ -51,7 +52,7 @@ class Daemon:
     def _governor(self, model: Model) -> GovernorLoop | None:
         if model.runtime is None:
             return None
-        self.metrics.operating_point.replace([({"model": model.name, "point": model.runtime.operating_point}, 1.0)])
+        self.metrics.operating_point.replace([({"model": model.name, "point": model.runtime.operating_point}, 1.0)], model=model.name)
         try:
             source = open_sensors(self.config.sensors, self.config.sysfs_root)
         except EdgeError as exc:
@@ -70,7 +71,7 @@ class Daemon:
         return loop
 
     def start(self) -> None:
-        for loop in self.governors:
+        for loop in self.governors.values():
             loop.start()
         self._thread = serve_in_thread(self.server)
         host, port = self.address
@@ -80,10 +81,10 @@ class Daemon:
         """Stop accepting, finish what is queued, release everything."""
         self.server.shutdown()
         for model in self.models.values():
-            model.stop()
-        if not self.app.wait_idle(30.0):
+            model.stop(drain_timeout_s=20.0 / max(len(self.models), 1))  # all within systemd's 30 s
+        if not self.app.wait_idle(5.0):
             log.warning("stopping with requests still being answered")
-        for loop in self.governors:
+        for loop in self.governors.values():
             loop.stop()
         self.server.server_close()
         self.app.live = False

@@ -10,6 +10,15 @@ from typing import Iterable
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+def _number(value: float) -> str:
+    """Prometheus sample values: exact integers stay integers; no 6-digit rounding."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    return str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(float(value))
+
+
 def _labels(labels: dict[str, str]) -> str:
     if not labels:
         return ""
@@ -45,7 +54,7 @@ class Counter(_Metric):
 
     def lines(self) -> list[str]:
         with self._lock:
-            return self.header() + [f"{self.name}{_labels(dict(k))} {v:g}" for k, v in self._values.items()]
+            return self.header() + [f"{self.name}{_labels(dict(k))} {_number(v)}" for k, v in self._values.items()]
 
 
 class Gauge(Counter):
@@ -55,10 +64,13 @@ class Gauge(Counter):
         with self._lock:
             self._values[tuple(sorted(labels.items()))] = float(value)
 
-    def replace(self, values: Iterable[tuple[dict[str, str], float]]) -> None:
-        """All series at once (e.g. one per temperature zone; vanished zones disappear)."""
+    def replace(self, values: Iterable[tuple[dict[str, str], float]], **within: str) -> None:
+        """All series at once (e.g. one per temperature zone; vanished zones disappear),
+        or only those carrying the `within` labels (e.g. one model's)."""
+        scope = set(within.items())
         with self._lock:
-            self._values = {tuple(sorted(labels.items())): float(v) for labels, v in values}
+            kept = {k: v for k, v in self._values.items() if scope and not scope <= set(k)}
+            self._values = kept | {tuple(sorted(labels.items())): float(v) for labels, v in values}
 
 
 class Histogram(_Metric):
@@ -83,7 +95,7 @@ class Histogram(_Metric):
                 cumulative += count
                 out.append(f'{self.name}_bucket{{le="{bound:g}"}} {cumulative}')
             out.append(f'{self.name}_bucket{{le="+Inf"}} {self._count}')
-            out += [f"{self.name}_sum {self._sum:g}", f"{self.name}_count {self._count}"]
+            out += [f"{self.name}_sum {_number(self._sum)}", f"{self.name}_count {self._count}"]
             return out
 
 

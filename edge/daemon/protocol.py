@@ -11,6 +11,7 @@ for all of them, which is what tritonclient sends when it names no outputs).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from edge.errors import UserError
 
 DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8}
 NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
+MAX_ELEMENTS = 1 << 28  # far beyond any body the size limit lets through
 
 
 class ProtocolError(UserError):
@@ -45,6 +47,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         doc = json.loads(json_part)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ProtocolError("request body nests too deeply") from None
     if not isinstance(doc, dict):
         raise ProtocolError("request body must be a JSON object")
     inputs = doc.get("inputs")
@@ -92,7 +96,9 @@ def _input(spec: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, int]
     if datatype not in DTYPES:
         raise ProtocolError(f"input {name!r}: datatype {datatype!r} is not supported; use one of {sorted(DTYPES)}")
     dtype = np.dtype(DTYPES[datatype]).newbyteorder("<")
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
+    if count > MAX_ELEMENTS:
+        raise ProtocolError(f"input {name!r}: shape {shape} has {count} elements, more than {MAX_ELEMENTS}")
     size = _object(spec.get("parameters", {}), f"inputs[{name}].parameters").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != count * dtype.itemsize:
@@ -125,7 +131,10 @@ def _outputs(value: Any, all_binary: bool) -> tuple[list[str] | None, set[str]]:
         if not isinstance(name, str):
             raise ProtocolError("every requested output needs a 'name'")
         names.append(name)
-        if _object(spec.get("parameters", {}), f"outputs[{name}].parameters").get("binary_data", all_binary):
+        parameters = _object(spec.get("parameters", {}), f"outputs[{name}].parameters")
+        if parameters.get("class_count"):
+            raise ProtocolError(f"output {name!r}: class_count (top-k classification) is not supported; read 'probabilities'")
+        if parameters.get("binary_data", all_binary):
             binary.add(name)
     return names, binary
 

@@ -68,35 +68,60 @@ class Model:
             self.reason = str(exc)
             log.error("model %s not ready: %s", name, exc)
         metrics.model_ready.set(1.0 if self.runtime else 0.0, model=name)
-        self.max_batch, self.max_delay_s = max_batch, max_delay_s
+        engine_max = self.runtime.manifest.batch.get("max", 0) if self.runtime else 0
+        self.max_batch = min(max_batch, engine_max) if engine_max else max_batch  # the engines' limit binds batching too
+        self.max_delay_s = max_delay_s
+        self._gate = threading.Lock()  # submit's check-and-put against stop's flag-and-sentinel
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self._worker = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
         self._stopping = False
+        self.runtime_failed = False
         if self.runtime is not None:
             self._worker.start()
 
     @property
     def ready(self) -> bool:
-        return self.runtime is not None and not self._stopping
+        return self.runtime is not None and not self._stopping and not self.runtime_failed
 
     def submit(self, images: np.ndarray, point: str | None, timeout_s: float) -> Job:
-        if self.runtime is None:
+        if self.runtime is None or self.runtime_failed:
             raise ModelUnavailable(f"model {self.name!r} is not ready: {self.reason}")
-        if self._stopping:
-            raise ModelUnavailable(f"model {self.name!r} is shutting down")
         self.runtime.check_input(images)
         if point is not None:
             self.runtime.manifest.point(point)  # unknown names fail here, before queueing
         job = Job(images, point, time.monotonic() + timeout_s)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            self.metrics.refusals.inc(model=self.name)
-            raise Overloaded(f"model {self.name!r}: {self._queue.maxsize} requests already waiting") from None
+        with self._gate:
+            if self._stopping:
+                raise ModelUnavailable(f"model {self.name!r} is shutting down")
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                self.metrics.refusals.inc(model=self.name)
+                raise Overloaded(f"model {self.name!r}: {self._queue.maxsize} requests already waiting") from None
         self.metrics.queue_depth.set(self._queue.qsize(), model=self.name)
         return job
 
     def _serve(self) -> None:
+        try:
+            self._batches()
+        except Exception:  # never die silently with requests waiting
+            log.exception("model %s: batcher failed", self.name)
+            self.reason = "its batcher failed (see the log)"
+            self.runtime_failed = True
+        finally:
+            self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        """Whatever is still queued when the worker ends gets an answer, not a timeout."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job.finish(error=ModelUnavailable(f"model {self.name!r} stopped before this request ran"))
+
+    def _batches(self) -> None:
         held: Job | None = None
         stopping = False
         while True:
@@ -159,10 +184,11 @@ class Model:
 
     def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Refuse new requests, finish the queued ones, then close the engines."""
-        self._stopping = True
-        if self._worker.is_alive():
-            self._queue.put(None)
-            self._worker.join(drain_timeout_s)
+        with self._gate:
+            self._stopping = True
+            if self._worker.is_alive():
+                self._queue.put(None)  # behind every accepted request: they are answered first
+        self._worker.join(drain_timeout_s) if self._worker.is_alive() else None
         if self.runtime is not None:
             self.runtime.close()
 
@@ -198,7 +224,7 @@ class GovernorLoop:
     def _apply(self, point: str) -> None:
         assert self.model.runtime is not None
         self.model.runtime.set_operating_point(point)
-        self.metrics.operating_point.replace([({"model": self.model.name, "point": point}, 1.0)])
+        self.metrics.operating_point.replace([({"model": self.model.name, "point": point}, 1.0)], model=self.model.name)
 
     def record_latency(self, seconds: float) -> None:
         with self._lock:
@@ -224,8 +250,8 @@ class GovernorLoop:
             log.info("operating point -> %s (%s)", decision.point, decision.reason)
         fresh = reading is not None and not decision.reason.startswith(("sensor", "reading lacks"))
         self.metrics.sensor_up.set(1.0 if fresh else 0.0, source=self.source.name)
+        self.metrics.temperature.replace([({"zone": z}, t) for z, t in (reading.temperatures if fresh and reading else {}).items()])
         if reading is not None:
-            self.metrics.temperature.replace([({"zone": z}, t) for z, t in reading.temperatures.items()])
             if reading.power_mw is not None:
                 self.metrics.power.set(reading.power_mw)
             if reading.battery_percent is not None:
