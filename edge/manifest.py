@@ -110,6 +110,7 @@ class Manifest:
     build: dict[str, Any]
     static_model: dict[str, str] | None = None
     profile: dict[str, Any] | None = None  # latencies measured on the device (calibration.latency)
+    tensorrt: dict[str, Any] | None = None  # plans built on a device: version, gpu, compute_capability, plans
     schema_version: int = SCHEMA_VERSION
     root: Path = Path(".")
 
@@ -163,6 +164,7 @@ class Manifest:
             "build": self.build,
             "static_model": self.static_model,
             "profile": self.profile,
+            "tensorrt": self.tensorrt,
         }
 
 
@@ -208,6 +210,7 @@ def _named_files(manifest: Manifest) -> list[tuple[str, str]]:
     files += [(s.base["file"], s.base["sha256"]) for s in manifest.segments if s.base is not None]
     if manifest.static_model is not None:
         files.append((manifest.static_model["file"], manifest.static_model["sha256"]))
+    files += [(p["file"], p["sha256"]) for p in (manifest.tensorrt or {}).get("plans", {}).values()]
     return files
 
 
@@ -233,6 +236,7 @@ def _parse(data: Any, path: Path) -> Manifest:
             build=dict(data["build"]),
             static_model=_parse_file_entry(data.get("static_model")),
             profile=_parse_profile(data.get("profile")),
+            tensorrt=_parse_tensorrt(data.get("tensorrt")),
             schema_version=version,
             root=path.parent,
         )
@@ -261,6 +265,17 @@ def _parse_profile(entry: Any) -> dict[str, Any] | None:
     if entry is not None and not isinstance(entry, dict):
         raise TypeError(f"'profile' must be an object, got {type(entry).__name__}")
     return entry
+
+
+def _parse_tensorrt(entry: Any) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("plans"), dict):
+        raise TypeError("'tensorrt' must be an object with 'plans'")
+    plans = {str(onnx): {"file": _text(p["file"], "file"), "sha256": _text(p["sha256"], "sha256"), "precision": str(p.get("precision", "fp32"))}
+             for onnx, p in entry["plans"].items()}
+    return {"version": _text(entry["version"], "version"), "gpu": _text(entry["gpu"], "gpu"),
+            "compute_capability": _text(entry["compute_capability"], "compute_capability"), "plans": plans}
 
 
 def _text(value: Any, key: str) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from edge.backends.base import Backend, ExitOutput
 
-BACKENDS = ("onnxruntime",)
+BACKENDS = ("onnxruntime", "tensorrt")
 
 
 def create_backend(name: str = "onnxruntime", **options: Any) -> Backend:
@@ -14,6 +14,10 @@ def create_backend(name: str = "onnxruntime", **options: Any) -> Backend:
         from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(**options)
+    if name == "tensorrt":
+        from edge.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(**options)
     raise ValueError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edge.backends.base import Backend, ExitOutput, Features
-from edge.errors import BackendError, ManifestError
+from edge.errors import BackendError, ManifestError, MissingDependencyError
 from edge.manifest import Manifest, SegmentInfo
 
 log = logging.getLogger(__name__)
@@ -152,10 +152,21 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         options = options or self.session_options()
+        self._check_providers(ort)
         try:
             return ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ManifestError(f"{path}: onnxruntime cannot load this engine ({exc})") from exc
+
+    def _check_providers(self, ort: Any) -> None:
+        """onnxruntime silently falls back to the CPU for a provider it lacks: say so instead."""
+        names = [p[0] if isinstance(p, tuple) else p for p in self.providers]
+        missing = [n for n in names if n not in ort.get_available_providers()]
+        if missing:
+            raise MissingDependencyError(
+                f"this onnxruntime has no {missing}; it has {ort.get_available_providers()} "
+                "(the GPU providers need onnxruntime-gpu, built with TensorRT for the TensorRT one)"
+            )
 
     def upload(self, images: np.ndarray) -> Features:
         return images
@@ -205,3 +216,21 @@ def _check_interface(path: Path, session: Any, feed: str, fetches: dict[str, lis
 def _fetch_names(segment: SegmentInfo, criterion: str) -> list[str]:
     names = [segment.probs_output, segment.score_of(criterion)]
     return [segment.features_output, *names] if segment.features_output else names
+
+
+def gpu_providers(
+    kind: str = "tensorrt", cache_dir: str | None = None, fp16: bool = False, int8: bool = False, dla_core: int | None = None,
+) -> list[Any]:
+    """onnxruntime's TensorRT or CUDA execution provider as a `providers` list (most
+    preferred first, the CPU last for what they cannot run), for OnnxRuntimeBackend or
+    `Runtime(..., providers=...)`. INT8 here means the graph's own Q/DQ nodes."""
+    if kind == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if kind != "tensorrt":
+        raise ValueError(f"GPU provider must be 'tensorrt' or 'cuda', got {kind!r}")
+    options: dict[str, Any] = {"trt_fp16_enable": fp16, "trt_int8_enable": int8}
+    if cache_dir is not None:
+        options |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir, "trt_timing_cache_enable": True}
+    if dla_core is not None:
+        options |= {"trt_dla_enable": True, "trt_dla_core": dla_core}
+    return [("TensorrtExecutionProvider", options), "CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -1,0 +1,253 @@
+"""TensorRT plans from the segment ONNX files, for TensorRT 10.x (JetPack 6) and 11.x.
+
+Written against the Python API in ../shared/reference/tensorrt-jetson.md (sections 1-3);
+`tensorrt` is imported only when a plan is built, on the device that will run it
+(plans do not move across TensorRT versions or GPUs). Per engine file of the manifest
+(each segment, its precision variants and its base variant): an optimization profile
+for the dynamic batch (min/opt/max from the manifest), a workspace limit, one timing
+cache shared by every build, and the precision:
+
+  fp32  as exported
+  fp16  TensorRT 10.x: the FP16 builder flag on the fp32 ONNX (weak typing), where the
+        flag exists; 11.x removed it: an FP16 ONNX variant ("fp16") is needed
+  int8  the explicit Q/DQ variant ("int8"), symmetric (zero points 0), as TensorRT
+        requires; never the implicit calibrators (removed in 11.x)
+
+Optional DLA (FP16/INT8 only) with GPU fallback. The manifest gains a `tensorrt`
+section: version, GPU name, compute capability and a plan per ONNX file, hashed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from edge.atomic import atomic_path, sha256_file
+from edge.errors import EdgeError, ManifestError, MissingDependencyError, UserError
+from edge.manifest import MANIFEST_NAME, Manifest, SegmentInfo, save_manifest
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class TensorRTBuildError(EdgeError):
+    """TensorRT could not parse or build a segment."""
+
+
+@dataclass(frozen=True)
+class TrtBuildOptions:
+    precision: str = "fp32"
+    workspace_mb: int = 1024
+    dla_core: int | None = None  # a DLA core (Orin AGX/NX), with GPU fallback for what it cannot run
+    timing_cache: Path | None = None  # read if present, written after the builds
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.dla_core is not None and self.precision == "fp32":
+            raise UserError("DLA runs FP16 or INT8 only: ask for --precision fp16 or int8 with a DLA core")
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How a precision is reached on a TensorRT version: which ONNX variant to parse and
+    which builder flags to set."""
+
+    variant: str  # "fp32" (the exported file) or a manifest variant name
+    flags: tuple[str, ...]  # BuilderFlag names
+
+
+def trt_major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        raise UserError(f"cannot read a TensorRT version from {version!r}") from None
+
+
+def precision_plan(precision: str, version: str, flags_available: Sequence[str], variants: Sequence[str]) -> PrecisionPlan:
+    """Feature-detected: `flags_available` are the BuilderFlag names this TensorRT has,
+    `variants` the precision variants every segment of the manifest has."""
+    if precision == "fp32":
+        return PrecisionPlan("fp32", ())
+    if precision == "fp16":
+        if "fp16" in variants:
+            return PrecisionPlan("fp16", ())  # typed in the graph: works on 10.x and 11.x
+        if "FP16" in flags_available:
+            return PrecisionPlan("fp32", ("FP16",))
+        raise UserError(
+            f"TensorRT {version} has no FP16 builder flag (removed in 11.x): give the manifest an FP16 ONNX "
+            "variant of every segment first"
+        )
+    if "int8" not in variants:
+        raise UserError("INT8 needs the explicit Q/DQ variant of every segment (edge-calibrate writes them); "
+                        "TensorRT's implicit calibrators are removed in 11.x and not used")
+    # Weakly typed 10.x networks need the INT8 flag to honour Q/DQ; 11.x is strongly typed.
+    return PrecisionPlan("int8", ("INT8",) if "INT8" in flags_available and trt_major(version) < 11 else ())
+
+
+def profile_shapes(input_shape: Sequence[Any], batch: dict[str, int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(min, opt, max) shapes for an input whose dynamic dimension is "batch"."""
+    dims = list(input_shape)
+    if dims.count("batch") != 1 or any(not isinstance(d, int) for d in dims if d != "batch"):
+        raise ManifestError(f"input shape {dims} needs exactly one 'batch' dimension and integers elsewhere")
+    low, opt, high = int(batch.get("min", 1)), int(batch.get("opt", 1)), int(batch["max"])
+    if not 1 <= low <= opt <= high:
+        raise ManifestError(f"batch sizes must satisfy 1 <= min <= opt <= max, got {low}, {opt}, {high}")
+
+    def shape(n: int) -> tuple[int, ...]:
+        return tuple(n if d == "batch" else int(d) for d in dims)
+
+    return shape(low), shape(opt), shape(high)
+
+
+def qdq_problems(model: Any) -> list[str]:
+    """Why TensorRT would refuse an explicitly quantized ONNX: it takes symmetric INT8
+    Q/DQ only (zero points 0 of type int8)."""
+    from onnx import numpy_helper
+
+    initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    problems = []
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        zero = initializers.get(node.input[2])
+        if zero is None:
+            continue
+        if zero.dtype.name != "int8":
+            problems.append(f"{node.name or node.op_type}: zero point of type {zero.dtype.name}, TensorRT needs int8")
+        elif zero.any():
+            problems.append(f"{node.name or node.op_type}: nonzero zero point (asymmetric), TensorRT needs symmetric")
+    return problems
+
+
+def device_record(version: str, gpu: str, compute_capability: str) -> dict[str, str]:
+    return {"version": version, "gpu": gpu, "compute_capability": compute_capability}
+
+
+def check_compatible(recorded: dict[str, Any] | None, version: str, gpu: str, compute_capability: str) -> None:
+    """Refuse plans built by another TensorRT or for another GPU, saying which."""
+    if not recorded:
+        raise ManifestError("the manifest has no TensorRT plans: build them on this device with edge-device-check --build")
+    problems = []
+    if recorded.get("version") != version:
+        problems.append(f"built with TensorRT {recorded.get('version')}, this is {version}")
+    if recorded.get("compute_capability") != compute_capability:
+        problems.append(f"built for compute capability {recorded.get('compute_capability')}, this GPU is {compute_capability}")
+    if recorded.get("gpu") != gpu:
+        problems.append(f"built on {recorded.get('gpu')!r}, this GPU is {gpu!r}")
+    if problems:
+        raise ManifestError("TensorRT plans do not fit this device (" + "; ".join(problems) + "): rebuild them here")
+
+
+def engine_files(manifest: Manifest, plan: PrecisionPlan) -> list[tuple[str, SegmentInfo]]:
+    """Every ONNX file a plan is built from, with its segment: each segment's file at the
+    plan's variant, and each base variant (fp32 only, as the manifest allows)."""
+    files = [(s.file_for(plan.variant), s) for s in manifest.segments]
+    files += [(s.base["file"], s) for s in manifest.segments if s.base is not None and plan.variant == "fp32"]
+    return files
+
+
+def plan_name(onnx_file: str, precision: str) -> str:
+    return f"{Path(onnx_file).stem}.{precision}.plan"
+
+
+def build_tensorrt_engines(manifest: Manifest, options: TrtBuildOptions = TrtBuildOptions()) -> Manifest:
+    """Build every plan on this device and record them in the manifest (saved)."""
+    trt = _tensorrt()
+    plan = precision_plan(options.precision, trt.__version__, [f for f in dir(trt.BuilderFlag) if not f.startswith("_")],
+                          sorted(set.intersection(*(set(s.variants) for s in manifest.segments))))
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    cache = _timing_cache(builder, options.timing_cache)
+    plans = {}
+    for onnx_file, segment in engine_files(manifest, plan):
+        if plan.variant == "int8":
+            _refuse_asymmetric(manifest.path_of(onnx_file))
+        shapes = profile_shapes(segment.input.shape, manifest.batch)
+        data = build_plan(trt, builder, logger, manifest.path_of(onnx_file), segment.input.name, shapes, plan, options, cache)
+        target = manifest.root / plan_name(onnx_file, options.precision)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+        plans[onnx_file] = {"file": target.name, "sha256": sha256_file(target), "precision": options.precision}
+    if options.timing_cache is not None:
+        with atomic_path(options.timing_cache) as tmp:
+            tmp.write_bytes(bytes(cache.serialize()))
+    version, gpu, cc = device_identity()
+    record = device_record(version, gpu, cc) | {"plans": {**((manifest.tensorrt or {}).get("plans", {})), **plans}}
+    updated = dataclasses.replace(manifest, tensorrt=record)
+    save_manifest(updated, manifest.root / MANIFEST_NAME)
+    return updated
+
+
+def build_plan(
+    trt: Any, builder: Any, logger: Any, onnx_path: Path, input_name: str, shapes: tuple[tuple[int, ...], ...],
+    plan: PrecisionPlan, options: TrtBuildOptions, cache: Any,
+) -> bytes:
+    network = builder.create_network(0)  # explicit batch is the only mode since 10.0
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TensorRTBuildError(f"{onnx_path}: TensorRT cannot parse it ({errors})")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+    config.set_timing_cache(cache, ignore_mismatch=True)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, min=shapes[0], opt=shapes[1], max=shapes[2])
+    config.add_optimization_profile(profile)
+    for flag in plan.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if options.dla_core is not None:
+        if builder.num_DLA_cores <= options.dla_core:
+            raise TensorRTBuildError(f"DLA core {options.dla_core} asked for; this device has {builder.num_DLA_cores}")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = options.dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TensorRTBuildError(f"{onnx_path}: TensorRT failed to build a plan (see its log above)")
+    return bytes(serialized)
+
+
+def device_identity() -> tuple[str, str, str]:
+    """(TensorRT version, GPU name, compute capability) of this process's device."""
+    trt = _tensorrt()
+    cuda = _pycuda()
+    device = cuda.Context.get_device()
+    major, minor = device.compute_capability()
+    return trt.__version__, device.name(), f"{major}.{minor}"
+
+
+def _timing_cache(builder: Any, path: Path | None) -> Any:
+    config = builder.create_builder_config()
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    return config.create_timing_cache(data)
+
+
+def _refuse_asymmetric(path: Path) -> None:
+    import onnx
+
+    problems = qdq_problems(onnx.load(str(path)))
+    if problems:
+        raise UserError(f"{path}: not a TensorRT INT8 graph ({problems[0]}; {len(problems)} such nodes). "
+                        "Quantize with symmetric int8 activations and weights")
+
+
+def _tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError:
+        raise MissingDependencyError("TensorRT is not installed: on a Jetson use JetPack's python3-libnvinfer") from None
+    return tensorrt
+
+
+def _pycuda() -> Any:
+    try:
+        import pycuda.driver as cuda
+    except ImportError:
+        raise MissingDependencyError("pycuda is not installed (the 'jetson' extra)") from None
+    try:
+        import pycuda.autoprimaryctx  # noqa: F401 - shares the primary context with TensorRT and torch
+    except ImportError:
+        import pycuda.autoinit  # noqa: F401
+    return cuda
