@@ -272,8 +272,8 @@ def _parse_tensorrt(entry: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(entry, dict) or not isinstance(entry.get("plans"), dict):
         raise TypeError("'tensorrt' must be an object with 'plans'")
-    plans = {str(onnx): {"file": _text(p["file"], "file"), "sha256": _text(p["sha256"], "sha256"), "precision": str(p.get("precision", "fp32"))}
-             for onnx, p in entry["plans"].items()}
+    plans = {str(key): {"file": _text(p["file"], "file"), "sha256": _text(p["sha256"], "sha256"), "precision": str(p.get("precision", "fp32"))}
+             for key, p in entry["plans"].items()}
     return {"version": _text(entry["version"], "version"), "gpu": _text(entry["gpu"], "gpu"),
             "compute_capability": _text(entry["compute_capability"], "compute_capability"), "plans": plans}
 

@@ -110,7 +110,7 @@ class Runtime:
     def _extra_precisions(self, asked: Sequence[str] | None) -> list[str]:
         available = set.intersection(*(set(s.variants) for s in self.manifest.segments))
         if asked is None:
-            return sorted(available)
+            return sorted(p for p in available if self.backend.supports(self.manifest, p))
         missing = [p for p in asked if p != "fp32" and p not in available]
         if missing:
             raise ManifestError(f"{self.manifest.name}: no {missing} engines for every segment; available: {sorted(available)}")

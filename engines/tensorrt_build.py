@@ -8,12 +8,14 @@ for the dynamic batch (min/opt/max from the manifest), a workspace limit, one ti
 cache shared by every build, and the precision:
 
   fp32  as exported
-  fp16  TensorRT 10.x: the FP16 builder flag on the fp32 ONNX (weak typing), where the
-        flag exists; 11.x removed it: an FP16 ONNX variant ("fp16") is needed
+  fp16  an FP16 ONNX variant ("fp16") where the manifest has one, as a strongly typed
+        network; else the FP16 builder flag on the fp32 ONNX, which 10.x has and 11.x
+        removed (the plan is recorded as the fp32 file's "fp16" plan)
   int8  the explicit Q/DQ variant ("int8"), symmetric (zero points 0), as TensorRT
         requires; never the implicit calibrators (removed in 11.x)
 
-Optional DLA (FP16/INT8 only) with GPU fallback. The manifest gains a `tensorrt`
+Optional DLA (FP16/INT8 only, static shapes: the plan serves the manifest's opt batch)
+with GPU fallback. The manifest gains a `tensorrt`
 section: version, GPU name, compute capability and a plan per ONNX file, hashed.
 """
 
@@ -152,6 +154,12 @@ def plan_name(onnx_file: str, precision: str) -> str:
     return f"{Path(onnx_file).stem}.{precision}.plan"
 
 
+def plan_key(onnx_file: str, precision: str) -> str:
+    from edge.backends.tensorrt_backend import plan_key as key
+
+    return key(onnx_file, precision)
+
+
 def build_tensorrt_engines(manifest: Manifest, options: TrtBuildOptions = TrtBuildOptions()) -> Manifest:
     """Build every plan on this device and record them in the manifest (saved)."""
     trt = _tensorrt()
@@ -165,16 +173,21 @@ def build_tensorrt_engines(manifest: Manifest, options: TrtBuildOptions = TrtBui
         if plan.variant == "int8":
             _refuse_asymmetric(manifest.path_of(onnx_file))
         shapes = profile_shapes(segment.input.shape, manifest.batch)
+        if options.dla_core is not None:  # DLA takes static shapes only: the plan serves the opt batch
+            shapes = (shapes[1], shapes[1], shapes[1])
         data = build_plan(trt, builder, logger, manifest.path_of(onnx_file), segment.input.name, shapes, plan, options, cache)
         target = manifest.root / plan_name(onnx_file, options.precision)
         with atomic_path(target) as tmp:
             tmp.write_bytes(data)
-        plans[onnx_file] = {"file": target.name, "sha256": sha256_file(target), "precision": options.precision}
+        plans[plan_key(onnx_file, options.precision)] = {"file": target.name, "sha256": sha256_file(target), "precision": options.precision}
     if options.timing_cache is not None:
         with atomic_path(options.timing_cache) as tmp:
             tmp.write_bytes(bytes(cache.serialize()))
-    version, gpu, cc = device_identity()
-    record = device_record(version, gpu, cc) | {"plans": {**((manifest.tensorrt or {}).get("plans", {})), **plans}}
+    identity = device_record(*device_identity())
+    previous = manifest.tensorrt or {}
+    # Plans of another TensorRT or GPU are dropped: they would only fail to load.
+    kept = previous.get("plans", {}) if all(previous.get(k) == v for k, v in identity.items()) else {}
+    record = identity | {"plans": {**kept, **plans}}
     updated = dataclasses.replace(manifest, tensorrt=record)
     save_manifest(updated, manifest.root / MANIFEST_NAME)
     return updated
@@ -184,7 +197,11 @@ def build_plan(
     trt: Any, builder: Any, logger: Any, onnx_path: Path, input_name: str, shapes: tuple[tuple[int, ...], ...],
     plan: PrecisionPlan, options: TrtBuildOptions, cache: Any,
 ) -> bytes:
-    network = builder.create_network(0)  # explicit batch is the only mode since 10.0
+    flags = 0  # explicit batch is the only mode since 10.0
+    typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if plan.variant == "fp16" and typed is not None:
+        flags |= 1 << int(typed)  # the graph's own FP16 types, honoured (always so on 11.x)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -212,10 +229,29 @@ def build_plan(
 def device_identity() -> tuple[str, str, str]:
     """(TensorRT version, GPU name, compute capability) of this process's device."""
     trt = _tensorrt()
-    cuda = _pycuda()
-    device = cuda.Context.get_device()
+    cuda, _ = cuda_context()
+    device = cuda.Device(0)
     major, minor = device.compute_capability()
     return trt.__version__, device.name(), f"{major}.{minor}"
+
+
+_PRIMARY: tuple[Any, Any] | None = None
+
+
+def cuda_context() -> tuple[Any, Any]:
+    """(pycuda.driver, device 0's retained primary context): the context torch and
+    TensorRT use too. It is current per thread, so callers push and pop it around work."""
+    global _PRIMARY
+    if _PRIMARY is None:
+        try:
+            import pycuda.driver as cuda
+        except ImportError:
+            raise MissingDependencyError("pycuda is not installed (the 'jetson' extra)") from None
+        cuda.init()
+        if cuda.Device.count() == 0:
+            raise MissingDependencyError("no CUDA device is visible")
+        _PRIMARY = (cuda, cuda.Device(0).retain_primary_context())
+    return _PRIMARY
 
 
 def _timing_cache(builder: Any, path: Path | None) -> Any:
@@ -241,13 +277,3 @@ def _tensorrt() -> Any:
     return tensorrt
 
 
-def _pycuda() -> Any:
-    try:
-        import pycuda.driver as cuda
-    except ImportError:
-        raise MissingDependencyError("pycuda is not installed (the 'jetson' extra)") from None
-    try:
-        import pycuda.autoprimaryctx  # noqa: F401 - shares the primary context with TensorRT and torch
-    except ImportError:
-        import pycuda.autoinit  # noqa: F401
-    return cuda

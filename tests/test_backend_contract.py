@@ -101,18 +101,26 @@ def test_every_criterion_the_manifest_names_is_served_and_others_are_refused(bac
         backend.run(0, backend.upload(real_images[:2]), "psychic")
 
 
-def test_runs_from_several_threads_agree_with_one(backend_and_manifest, real_images: np.ndarray) -> None:
-    backend, _ = backend_and_manifest
-    reference = backend.run(0, backend.upload(real_images[:4])).probs
-    errors: list[str] = []
+def test_chains_on_several_threads_with_different_inputs_do_not_mix(backend_and_manifest, real_images: np.ndarray) -> None:
+    backend, manifest = backend_and_manifest
+    slices = [real_images[4 * t:4 * t + 4] for t in range(4)]
 
-    def work() -> None:
-        for _ in range(20):
-            got = backend.run(0, backend.upload(real_images[:4])).probs
-            if not np.allclose(got, reference, atol=1e-5):
-                errors.append("mismatch")
+    def chain(images: np.ndarray) -> np.ndarray:
+        features, out = backend.upload(images), None
+        for k in range(manifest.num_exits):
+            out = backend.run(k, features)
+            features = out.features
+        return out.probs  # type: ignore[union-attr]
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
+    references = [chain(x) for x in slices]
+    errors: list[int] = []
+
+    def work(t: int) -> None:
+        for _ in range(15):
+            if not np.allclose(chain(slices[t]), references[t], atol=1e-5):
+                errors.append(t)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
     for t in threads:
         t.start()
     for t in threads:

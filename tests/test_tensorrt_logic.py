@@ -10,7 +10,7 @@ import pytest
 
 from edge.atomic import sha256_file
 from edge.backends.onnxruntime_backend import OnnxRuntimeBackend, gpu_providers
-from edge.backends.tensorrt_backend import buffer_bytes, plan_for, row_copies
+from edge.backends.tensorrt_backend import buffer_bytes, plan_for, plan_key, row_copies
 from edge.errors import ManifestError, MissingDependencyError, UserError
 from edge.manifest import load_manifest
 from engines.tensorrt_build import (
@@ -120,13 +120,16 @@ def test_plans_are_recorded_hashed_and_found_per_engine_file(built_copy: Path) -
     plans = {}
     for f in files:  # stand-in bytes: what is under test is the manifest's bookkeeping, not TensorRT
         (built_copy / plan_name(f, "fp32")).write_bytes(f.encode())
-        plans[f] = {"file": plan_name(f, "fp32"), "sha256": sha256_file(built_copy / plan_name(f, "fp32")), "precision": "fp32"}
+        plans[plan_key(f, "fp32")] = {"file": plan_name(f, "fp32"), "sha256": sha256_file(built_copy / plan_name(f, "fp32")), "precision": "fp32"}
     data["tensorrt"] = device_record("10.3.0", "Orin", "8.7") | {"plans": plans}
     write_manifest_json(built_copy, data)
     loaded = load_manifest(built_copy)
     assert plan_for(loaded, loaded.segments[1], "fp32", False) == "segment_1.fp32.plan"
-    with pytest.raises(ManifestError, match="no TensorRT plan for segment_0.int8"):
-        plan_for(loaded, loaded.segments[0].__class__(**{**vars(loaded.segments[0]), "variants": {"int8": {"file": "segment_0.int8.onnx", "sha256": "0"}}}), "int8", False)
+    with pytest.raises(ManifestError, match="no TensorRT plan segment_1.onnx@fp16"):
+        plan_for(loaded, loaded.segments[1], "fp32", False, plan_precision="fp16")  # an fp16 plan of the fp32 file: not built
+    from edge.backends.tensorrt_backend import TensorRTBackend
+
+    assert TensorRTBackend().supports(loaded, "fp32") and not TensorRTBackend("fp16").supports(loaded, "fp32")
     (built_copy / "segment_2.fp32.plan").write_bytes(b"changed")
     with pytest.raises(ManifestError, match="segment_2.fp32.plan"):
         load_manifest(built_copy)

@@ -35,6 +35,11 @@ class Backend(ABC):
         naming a file that will not load. With `skip` (adaptive depth), segments that have
         a base variant load it instead; the others load their only engine."""
 
+    def supports(self, manifest: Manifest, precision: str) -> bool:
+        """Whether this backend can load the manifest's `precision` engines (the runtime
+        loads only those unless asked for others)."""
+        return True
+
     def spawn(self) -> "Backend":
         """A new, unloaded backend with this one's options, for another set of engines
         (precision, or base variants). It must share no engine with this one (closing

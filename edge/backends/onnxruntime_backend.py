@@ -154,9 +154,13 @@ class OnnxRuntimeBackend(Backend):
         options = options or self.session_options()
         self._check_providers(ort)
         try:
-            return ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+            session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ManifestError(f"{path}: onnxruntime cannot load this engine ({exc})") from exc
+        wanted = self.providers[0][0] if isinstance(self.providers[0], tuple) else self.providers[0]
+        if session.get_providers()[0] != wanted:  # onnxruntime fell back after the provider failed
+            raise BackendError(f"{path}: {wanted} could not take this engine; onnxruntime would run it on {session.get_providers()}")
+        return session
 
     def _check_providers(self, ort: Any) -> None:
         """onnxruntime silently falls back to the CPU for a provider it lacks: say so instead."""
