@@ -321,7 +321,7 @@ def test_sigterm_answers_queued_requests_then_exits_and_systemd_hears_ready(engi
         body = json_request(real_images[:2])
         with ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(raw, url, "POST", "/v2/models/digits/infer", body) for _ in range(8)]
-            threading.Event().wait(0.15)  # the requests wait in the queue (500 ms batching delay)
+            threading.Event().wait(0.3)  # the requests wait in the queue (500 ms batching delay)
             process.send_signal(signal.SIGTERM)
             answers = [f.result() for f in futures]
         assert process.wait(60) == 0
