@@ -131,6 +131,7 @@ class Decision:
     switched: bool
     forced: bool  # a limit or a lost sensor demanded it: not held back by the dwell time
     reason: str
+    sensor_ok: bool = True  # False: lost, stale, or lacking a field the policy needs
     temperature_c: float | None = None
     power_mw: float | None = None
     battery_percent: float | None = None
@@ -222,7 +223,9 @@ class Governor:
                 self.level, self.last_switch = target, now
                 if self.apply is not None:
                     self.apply(self.point)
-            decision = Decision(now, self.point, self.level, switched, forced and switched, reason, temperature, power, battery, latency_ms)
+            decision = Decision(
+                now, self.point, self.level, switched, forced and switched, reason, problem is None, temperature, power, battery, latency_ms,
+            )
             self.decisions.append(decision)
             return decision
 

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from edge.atomic import sha256_file, write_json_atomic
 from edge.errors import ManifestError
@@ -20,6 +20,17 @@ SCHEMA_VERSION = 3  # 2 added score_outputs, variants, profile; 3 base variants 
 READABLE_VERSIONS = (1, 2, 3)
 FULL, SKIP = "F", "T"  # a depth configuration's letters: stage runs whole, or skips its skippable half
 MANIFEST_NAME = "manifest.json"
+
+
+def depth_problem(depth: object, stages: Sequence[tuple[str, bool]]) -> str | None:
+    """Why `depth` is not a depth configuration for `stages` ((name, can skip) each), or
+    None: one letter per stage, F (full) or T (skip), and T only where a stage can skip."""
+    if not isinstance(depth, str) or len(depth) != len(stages) or set(depth) - {FULL, SKIP}:
+        return f"depth must be {len(stages)} letters of {FULL} (full) and {SKIP} (skip), got {depth!r}"
+    fixed = [name for (name, can_skip), letter in zip(stages, depth) if letter == SKIP and not can_skip]
+    if fixed:
+        return f"depth {depth!r}: {', '.join(fixed)} cannot skip (no skippable sub-path, so no base variant)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -136,11 +147,9 @@ class Manifest:
         """`depth` as a configuration (one letter per segment, T = skip); None = full depth."""
         if depth is None:
             return self.full_depth()
-        if not isinstance(depth, str) or len(depth) != len(self.segments) or set(depth) - {FULL, SKIP}:
-            raise ManifestError(f"depth must be {len(self.segments)} letters of {FULL} (full) and {SKIP} (skip), got {depth!r}")
-        fixed = [s.name for s, letter in zip(self.segments, depth) if letter == SKIP and s.base is None]
-        if fixed:
-            raise ManifestError(f"depth {depth!r}: {', '.join(fixed)} cannot skip (no base variant)")
+        problem = depth_problem(depth, [(s.name, s.base is not None) for s in self.segments])
+        if problem:
+            raise ManifestError(problem)
         return depth
 
     def lacking(self, criterion: str) -> list[str]:

@@ -20,9 +20,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from edge.manifest import FULL, SKIP, depth_problem
 from engines.backbone import BlockBackbone
 
-FULL, SKIP = "F", "T"
 
 
 class SkipAwareBatchNorm2d(nn.Module):
@@ -88,7 +88,7 @@ class AdaptiveBackbone(BlockBackbone):
         return "".join(SKIP if s.skip else FULL for s in self.stages)
 
     def set_depth(self, config: str) -> None:
-        check_depth(config, self.skippable)
+        check_depth(config, self.block_names, self.skippable)
         for stage, letter in zip(self.stages, config):
             stage.skip = letter == SKIP
 
@@ -113,13 +113,11 @@ class AdaptiveBackbone(BlockBackbone):
         return self.head(x), features
 
 
-def check_depth(config: str, skippable: Sequence[int]) -> None:
-    """A depth configuration has one F/T per stage, and T only where a stage can skip."""
-    if not isinstance(config, str) or len(config) != len(skippable) or set(config) - {FULL, SKIP}:
-        raise ValueError(f"depth configuration must be {len(skippable)} letters of F (full) and T (skip), got {config!r}")
-    fixed = [i for i, (letter, n) in enumerate(zip(config, skippable)) if letter == SKIP and n == 0]
-    if fixed:
-        raise ValueError(f"depth {config!r}: stage(s) {fixed} have no skippable sub-path")
+def check_depth(config: str, names: Sequence[str], skippable: Sequence[int]) -> None:
+    """The manifest's rule (edge.manifest.depth_problem), on the torch side."""
+    problem = depth_problem(config, [(name, n > 0) for name, n in zip(names, skippable)])
+    if problem:
+        raise ValueError(problem)
 
 
 def default_skippable(blocks_per_stage: Sequence[int]) -> list[int]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edge.atomic import atomic_path, sha256_file
+from edge.backends.tensorrt_backend import plan_key
 from edge.errors import EdgeError, ManifestError, MissingDependencyError, UserError
 from edge.manifest import MANIFEST_NAME, Manifest, SegmentInfo, save_manifest
 
@@ -153,11 +154,6 @@ def engine_files(manifest: Manifest, plan: PrecisionPlan) -> list[tuple[str, Seg
 def plan_name(onnx_file: str, precision: str) -> str:
     return f"{Path(onnx_file).stem}.{precision}.plan"
 
-
-def plan_key(onnx_file: str, precision: str) -> str:
-    from edge.backends.tensorrt_backend import plan_key as key
-
-    return key(onnx_file, precision)
 
 
 def build_tensorrt_engines(manifest: Manifest, options: TrtBuildOptions = TrtBuildOptions()) -> Manifest:

@@ -21,6 +21,7 @@ from calibration.data import Dataset, load_dataset
 from calibration.train import TrainConfig, exit_accuracies, set_threads
 from edge.backends.onnxruntime_backend import online_cores
 from edge.errors import UserError
+from engines.adaptive import make_adaptive
 from engines.backbone import BlockBackbone
 from engines.checkpoint import ModelSpec, load_checkpoint
 from engines.registry import list_backbones
@@ -89,16 +90,9 @@ def _spec_and_init(args: argparse.Namespace, train: Dataset) -> tuple[ModelSpec,
         init = model  # type: ignore[assignment]
     else:
         spec = pipeline.backbone_spec(args.arch, train)
-    stages = len(spec.build_backbone().stage_ends)
-    skippable = _parse_counts(args.skippable, stages) if args.skippable else None
-    spec.skippable = skippable if skippable is not None else _default_skippable(spec)
+    plain = spec.build_backbone()
+    spec.skippable = _parse_counts(args.skippable, len(plain.stage_ends)) if args.skippable else make_adaptive(plain).skippable
     return spec, init
-
-
-def _default_skippable(spec: ModelSpec) -> list[int]:
-    from engines.adaptive import make_adaptive
-
-    return make_adaptive(spec.build_backbone()).skippable
 
 
 def _parse_counts(text: str, stages: int) -> list[int]:

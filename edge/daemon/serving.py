@@ -20,8 +20,8 @@ from typing import Any, Callable
 import numpy as np
 
 from edge.daemon.metrics import Registry
-from edge.errors import EdgeError, InputError
-from edge.governor import Governor, Rung, ladder, load_policy, Policy
+from edge.errors import EdgeError
+from edge.governor import Governor, Policy, ladder, load_policy
 from edge.manifest import MANIFEST_NAME
 from edge.runtime import Runtime
 from edge.sensors import Reading, SensorError, SensorSource
@@ -188,7 +188,8 @@ class Model:
             self._stopping = True
             if self._worker.is_alive():
                 self._queue.put(None)  # behind every accepted request: they are answered first
-        self._worker.join(drain_timeout_s) if self._worker.is_alive() else None
+        if self._worker.is_alive():
+            self._worker.join(drain_timeout_s)
         if self.runtime is not None:
             self.runtime.close()
 
@@ -211,15 +212,11 @@ class GovernorLoop:
     def __init__(self, model: Model, source: SensorSource, policy: Policy, tick_s: float, metrics: Registry) -> None:
         assert model.runtime is not None
         self.model, self.source, self.tick_s, self.metrics = model, source, tick_s, metrics
-        self.governor = Governor(self._ladder(model.runtime, policy), policy, self._apply)
+        self.governor = Governor(ladder(model.runtime.manifest, names=policy.points), policy, self._apply)
         self._stop = threading.Event()
         self._latencies: list[float] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="governor", daemon=True)
-
-    @staticmethod
-    def _ladder(runtime: Runtime, policy: Policy) -> list[Rung]:
-        return ladder(runtime.manifest, names=policy.points)
 
     def _apply(self, point: str) -> None:
         assert self.model.runtime is not None
@@ -248,9 +245,9 @@ class GovernorLoop:
         if decision.switched:
             self.metrics.switches.inc(model=self.model.name, forced=str(decision.forced).lower())
             log.info("operating point -> %s (%s)", decision.point, decision.reason)
-        fresh = reading is not None and not decision.reason.startswith(("sensor", "reading lacks"))
-        self.metrics.sensor_up.set(1.0 if fresh else 0.0, source=self.source.name)
-        self.metrics.temperature.replace([({"zone": z}, t) for z, t in (reading.temperatures if fresh and reading else {}).items()])
+        self.metrics.sensor_up.set(1.0 if decision.sensor_ok else 0.0, source=self.source.name)
+        zones = reading.temperatures if decision.sensor_ok and reading is not None else {}
+        self.metrics.temperature.replace([({"zone": z}, t) for z, t in zones.items()])
         if reading is not None:
             if reading.power_mw is not None:
                 self.metrics.power.set(reading.power_mw)
@@ -296,5 +293,3 @@ def open_sensors(spec: str, sysfs_root: str, clock: Callable[[], float] = time.m
 def policy_of(path: str) -> Policy:
     return load_policy(path) if path else Policy()
 
-
-__all__ = ["GovernorLoop", "InputError", "Job", "Model", "ModelUnavailable", "Overloaded", "RequestTimeout", "find_models", "open_sensors", "policy_of"]
