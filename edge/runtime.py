@@ -85,7 +85,7 @@ class Runtime:
         self.num_exits = self.manifest.num_exits
         self._exit_ids = [_read_only(np.array([k])) for k in range(self.num_exits)]  # batch-1 results share these
         self._point_cache: dict[str, _Point] = {}
-        self._point = self._resolve(operating_point or self.manifest.default_operating_point)
+        self._point = self._resolved(operating_point or self.manifest.default_operating_point)
 
     @property
     def operating_point(self) -> str:
@@ -93,7 +93,7 @@ class Runtime:
 
     def set_operating_point(self, name: str) -> None:
         """Switch between requests: one reference swap, so a running call keeps its point."""
-        self._point = self._resolve(name)
+        self._point = self._resolved(name)
 
     @property
     def criterion(self) -> str:
@@ -125,13 +125,11 @@ class Runtime:
         return backend
 
     def _resolved(self, name: str) -> _Point:
-        """A manifest point for one call (cached: resolving builds its step list)."""
+        """A manifest point, resolved once (resolving builds its step list): a governor
+        switching back and forth, or a request naming a point, rebuilds nothing."""
         cached = self._point_cache.get(name)
         if cached is None:
-            try:
-                cached = self._point_cache[name] = self._resolve(name)
-            except ManifestError as exc:
-                raise InputError(str(exc)) from None
+            cached = self._point_cache[name] = self._resolve(name)
         return cached
 
     def _resolve(self, name: str) -> _Point:
@@ -161,7 +159,10 @@ class Runtime:
         self.check_input(images)
         point = self._point  # one read: a concurrent switch does not split this call
         if point_name is not None and point_name != point.name:
-            point = self._resolved(point_name)
+            try:
+                point = self._resolved(point_name)
+            except ManifestError as exc:  # a request's point name is the caller's input
+                raise InputError(str(exc)) from None
         name, limits, point_criterion, steps = point.name, point.limits, point.criterion, point.steps
         if thresholds is not None:
             name, limits = "custom", self._custom_thresholds(thresholds)
