@@ -16,6 +16,7 @@ from calibration.data import Dataset
 from calibration.adaptive import SelfDistillation, train_adaptive
 from calibration.exits import ExitTable, choose_uniform_threshold, exit_table
 from calibration.train import Distillation, TrainConfig, train_backbone, train_exits_frozen, train_joint
+from edge.errors import UserError
 from edge.manifest import MANIFEST_NAME, Manifest, OperatingPoint, load_manifest, save_manifest
 from engines.adaptive import AdaptiveBackbone, make_adaptive
 from engines.backbone import BlockBackbone
@@ -33,13 +34,30 @@ def backbone_spec(arch: str, data: Dataset, **kwargs: object) -> ModelSpec:
     return ModelSpec(arch, {"input_shape": list(data.input_shape), **kwargs}, list(data.classes))
 
 
-def static_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, path: Path) -> BlockBackbone:
-    """The backbone trained the normal way; reuses `path` if it holds a matching checkpoint."""
-    recipe = _recipe(cfg, "static")
+def plain_checkpoint(path: Path, data: Dataset) -> tuple[ModelSpec, BlockBackbone]:
+    """A plain backbone checkpoint (what edge-train writes as static.pt) to train on from,
+    checked against the data it will see."""
+    spec, model, _ = load_checkpoint(path)
+    if spec.split_points or spec.skippable is not None or not isinstance(model, BlockBackbone):
+        raise UserError(f"{path}: not a plain backbone checkpoint (edge-train writes one as static.pt)")
+    if spec.classes != list(data.classes) or list(spec.backbone_kwargs["input_shape"]) != list(data.input_shape):
+        raise UserError(
+            f"{path}: a backbone for {len(spec.classes)} classes of shape {tuple(spec.backbone_kwargs['input_shape'])}"
+            f" cannot train on {data.name} ({len(data.classes)} classes of shape {tuple(data.input_shape)})"
+        )
+    return spec, model
+
+
+def static_model(
+    spec: ModelSpec, data: Dataset, cfg: TrainConfig, path: Path, init: BlockBackbone | None = None,
+) -> BlockBackbone:
+    """The backbone trained the normal way, from scratch or on from `init` (a backbone of
+    the same architecture); reuses `path` if it holds a matching checkpoint."""
+    recipe = _recipe(cfg, "static", init)
     reused = _reusable(path, spec, recipe, cfg.epochs)
     if reused is not None:
         return reused  # type: ignore[return-value]
-    backbone = spec.build_backbone()
+    backbone = copy.deepcopy(init) if init is not None else spec.build_backbone()
     train_backbone(backbone, data, cfg, on_epoch=_saver(path, spec, backbone, recipe))
     return backbone
 

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from calibration import pipeline
 from calibration.data import load_digits
 from calibration.train import TrainConfig
 from edge.manifest import load_manifest
 from edge.runtime import Runtime
-from tools import build_engines, calibrate, quickstart
+from engines.checkpoint import load_checkpoint
+from tools import build_engines, calibrate, quickstart, train
 from tools._cli import run_main
 
 TINY = TrainConfig(epochs=1, batch_size=64, progress=False)
@@ -185,3 +187,31 @@ def test_calibrate_refuses_a_dataset_the_network_does_not_take(exit_checkpoint: 
     args = ["--checkpoint", str(exit_checkpoint / "frozen.pt"), "--data", "fashion-mnist", "--out", str(tmp_path)]
     assert run_main(calibrate.main, args) == 1
     assert "the network takes (1, 8, 8)" in capsys.readouterr().err
+
+
+def test_train_goes_on_from_a_checkpoint_and_records_which(exit_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    init = exit_checkpoint / "static.pt"
+    args = ["--init", str(init), "--data", "digits", "--out", str(tmp_path), "--exits", "", "--epochs", "1", "--lr", "0.01"]
+    assert run_main(train.main, args) == 0
+    assert "static: test accuracy" in capsys.readouterr().out
+    _, before, _ = load_checkpoint(init)
+    spec, after, meta = load_checkpoint(tmp_path / "static.pt")
+    assert spec == load_checkpoint(init)[0]  # same architecture, whatever --arch says
+    assert meta["backbone_sha256"] == pipeline.weights_fingerprint(before)
+    assert meta["epochs_done"] == 1
+    moved = [not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values())]
+    assert any(moved)
+
+
+@pytest.mark.parametrize(
+    ("which", "data", "message"),
+    [("frozen.pt", "digits", "not a plain backbone checkpoint"), ("static.pt", "fashion-mnist", "cannot train on fashion-mnist")],
+)
+def test_train_refuses_an_init_it_cannot_go_on_from(
+    exit_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str, data: str, message: str,
+) -> None:
+    args = ["--init", str(exit_checkpoint / which), "--data", data, "--out", str(tmp_path), "--exits", ""]
+    assert run_main(train.main, args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err
+    assert not (tmp_path / "static.pt").exists()

@@ -1,23 +1,28 @@
 """train: a backbone the normal way, then exit heads (frozen backbone or joint).
 
     edge-train --arch resnet20 --data fashion-mnist --out runs/r20 --exits frozen,joint
+    edge-train --init runs/r20/static.pt --epochs 2 --lr 0.01 --out runs/r20-more --exits ''   # train on
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from calibration import pipeline
-from calibration.data import load_dataset
+from calibration.data import Dataset, load_dataset
 from calibration.train import TrainConfig, exit_accuracies, set_threads
+from engines.backbone import BlockBackbone
+from engines.checkpoint import ModelSpec
 from engines.registry import list_backbones
 from tools._cli import run_main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="edge-train", description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="resnet20", choices=list_backbones())
+    p.add_argument("--arch", default="resnet20", choices=list_backbones(), help="ignored with --init")
+    p.add_argument("--init", type=Path, help="a backbone checkpoint (static.pt) to train on from (default: from scratch)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--splits", default="layer1,layer2")
@@ -39,16 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_samples:
         train = train.subset(slice(0, args.train_samples))
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, flip=args.flip, shift=1, seed=args.seed)
-    spec = pipeline.backbone_spec(args.arch, train)
-    static = pipeline.static_model(spec, train, cfg, args.out / "static.pt")
+    spec, init = _spec_and_init(args, train)
+    static = pipeline.static_model(spec, train, cfg, args.out / "static.pt", init)
     print(f"static: test accuracy {exit_accuracies(static, test)[0]:.2%} -> {args.out / 'static.pt'}")
     for mode in filter(None, args.exits.split(",")):
-        exit_spec = pipeline.backbone_spec(args.arch, train)
+        exit_spec = dataclasses.replace(spec)
         exit_spec.split_points = args.splits.split(",")
         net = pipeline.multi_exit_model(exit_spec, mode, train, cfg, args.out / f"{mode}.pt", static=static)
         accs = ", ".join(f"{a:.2%}" for a in exit_accuracies(net, test))
         print(f"{mode} exits: test accuracy per exit {accs} -> {args.out / f'{mode}.pt'}")
     return 0
+
+
+def _spec_and_init(args: argparse.Namespace, train: Dataset) -> tuple[ModelSpec, BlockBackbone | None]:
+    if args.init is None:
+        return pipeline.backbone_spec(args.arch, train), None
+    return pipeline.plain_checkpoint(args.init, train)
 
 
 def cli() -> int:

@@ -23,7 +23,7 @@ from edge.backends.onnxruntime_backend import online_cores
 from edge.errors import UserError
 from engines.adaptive import make_adaptive
 from engines.backbone import BlockBackbone
-from engines.checkpoint import ModelSpec, load_checkpoint
+from engines.checkpoint import ModelSpec
 from engines.registry import list_backbones
 from tools._cli import run_main
 
@@ -84,10 +84,7 @@ def _finish(args: argparse.Namespace, spec: ModelSpec, backbone: BlockBackbone, 
 def _spec_and_init(args: argparse.Namespace, train: Dataset) -> tuple[ModelSpec, BlockBackbone | None]:
     init = None
     if args.init is not None:
-        spec, model, _ = load_checkpoint(args.init)
-        if spec.split_points or spec.skippable is not None:
-            raise UserError(f"{args.init}: --init takes a plain backbone checkpoint (edge-train writes static.pt)")
-        init = model  # type: ignore[assignment]
+        spec, init = pipeline.plain_checkpoint(args.init, train)
     else:
         spec = pipeline.backbone_spec(args.arch, train)
     plain = spec.build_backbone()
