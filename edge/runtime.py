@@ -118,10 +118,7 @@ class Runtime:
 
     def _load_variant(self, precision: str, skip: bool) -> Backend:
         backend = self.backend.spawn()
-        if skip:
-            backend.load(self.manifest, precision, skip=True)
-        else:  # a backend written before adaptive depth takes no `skip`
-            backend.load(self.manifest, precision)
+        backend.load(self.manifest, precision, skip)
         return backend
 
     def _resolved(self, name: str) -> _Point:

@@ -24,7 +24,6 @@ from edge.manifest import FULL, SKIP, depth_problem
 from engines.backbone import BlockBackbone
 
 
-
 class SkipAwareBatchNorm2d(nn.Module):
     """Two BN layers for one place: `full` when the stage runs whole, `skip` when its
     skippable half is left out. The stage sets `skipping`."""

@@ -197,7 +197,7 @@ def test_concurrent_load_loses_nothing_and_answers_each_request_with_its_own_ima
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(one, jobs))
-    assert len(answers) == len(jobs) and all(answers)
+    assert all(answers)
 
 
 def test_overload_is_refused_fast_and_what_is_accepted_is_right(engines: Path, real_images: np.ndarray) -> None:
@@ -217,7 +217,7 @@ def test_overload_is_refused_fast_and_what_is_accepted_is_right(engines: Path, r
         assert set(statuses) <= {200, 503} and statuses.count(503) > 0 and statuses.count(200) > 0
         assert all("overloaded" in doc["error"] for s, doc in answers if s == 503)
         assert all(doc["outputs"][1]["data"] == expected.tolist() for s, doc in answers if s == 200)
-        assert "edge_refusals_total" in raw_text(url, "/metrics")
+        assert 'edge_refusals_total{model="digits"}' in raw_text(url, "/metrics")
     finally:
         daemon.stop()
 
@@ -360,7 +360,6 @@ def test_batches_never_exceed_the_engines_maximum_batch(engines: Path, tmp_path:
             answers = list(pool.map(lambda i: raw(url, "POST", "/v2/models/digits/infer", json_request(real_images[2 * i:2 * i + 2])), range(6)))
         assert [s for s, _ in answers] == [200] * 6
         metrics = raw_text(url, "/metrics")
-        assert 'edge_batch_size_bucket{le="4"} ' in metrics and "edge_batch_size_count" in metrics
         assert float(re.search(r'edge_batch_size_bucket\{le="4"\} (\S+)', metrics)[1]) == float(re.search(r"edge_batch_size_count (\S+)", metrics)[1])
         assert float(re.search(r'edge_batch_size_bucket\{le="2"\} (\S+)', metrics)[1]) < float(re.search(r"edge_batch_size_count (\S+)", metrics)[1])  # some batches joined requests
     finally:

@@ -53,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.data} images are {data.input_shape}, the engines take {tuple(runtime.manifest.input.shape[1:])}")
     images = np.ascontiguousarray(data.images[: args.requests], dtype=np.float32)
     in_process = time_in_process(runtime, images)
+    input_name = runtime.manifest.input.name
     runtime.close()
     server, url, model = start_server(args)
     try:
         results = {"in_process": in_process}
         for level in (int(c) for c in args.concurrency.split(",")):
-            results[f"server_c{level}"] = time_server(triton, url, model, images, level)
+            results[f"server_c{level}"] = time_server(triton, url, model, input_name, images, level)
     finally:
         server.terminate()
         server.wait(60)
@@ -112,12 +113,12 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str, 
     raise UserError(f"edged did not start (exit code {process.wait()})")
 
 
-def time_server(triton: Any, url: str, model: str, images: np.ndarray, concurrency: int) -> dict[str, float]:
+def time_server(triton: Any, url: str, model: str, input_name: str, images: np.ndarray, concurrency: int) -> dict[str, float]:
     """Each worker thread makes its own client (tritonclient's gevent connections are per thread)."""
     shape = [1, *images.shape[1:]]
 
     def one(client: Any, i: int) -> float:
-        tensor = triton.InferInput("input", shape, "FP32")
+        tensor = triton.InferInput(input_name, shape, "FP32")
         tensor.set_data_from_numpy(images[i : i + 1])
         t = time.perf_counter()
         client.infer(model, [tensor], outputs=[triton.InferRequestedOutput("prediction")])

@@ -39,7 +39,6 @@ class App:
     def __init__(self, config: DaemonConfig, models: dict[str, Model], governors: dict[str, GovernorLoop], metrics: Registry) -> None:
         self.config, self.models, self.governors, self.metrics = config, models, governors, metrics
         self.token = config.token()
-        self.live = True
         self._inflight = 0
         self._idle = threading.Condition()
 
@@ -59,7 +58,7 @@ class App:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout_s)
 
     def ready(self) -> bool:
-        return self.live and bool(self.models) and all(m.ready for m in self.models.values())
+        return bool(self.models) and all(m.ready for m in self.models.values())
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -77,7 +76,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/v2/health/live":
-            return self._empty(HTTPStatus.OK if self.app.live else HTTPStatus.SERVICE_UNAVAILABLE)
+            return self._empty(HTTPStatus.OK)  # answering at all is being live
         if path == "/v2/health/ready":
             return self._empty(HTTPStatus.OK if self.app.ready() else HTTPStatus.SERVICE_UNAVAILABLE)
         if path == "/v2":
@@ -132,8 +131,8 @@ class Handler(BaseHTTPRequestHandler):
             if job.error is not None:
                 raise job.error
             assert job.result is not None
-            probabilities, exits, used = job.result
-            outputs = select_outputs(probabilities, exits, request.outputs)
+            probabilities, predictions, exits, used = job.result
+            outputs = select_outputs(probabilities, predictions, exits, request.outputs)
             parameters = {"operating_point": used, "exits": ",".join(map(str, exits.tolist()))}
             payload, header_length = encode_response(model.name, request.id, outputs, request.binary, parameters)
             headers = {"Inference-Header-Content-Length": str(header_length)} if header_length is not None else {}
@@ -340,16 +339,15 @@ def metadata(model: Model) -> dict[str, Any]:
     return doc
 
 
-OUTPUTS = ("probabilities", "prediction", "exit")
-
-
-def select_outputs(probabilities: np.ndarray, exits: np.ndarray, names: list[str] | None) -> dict[str, np.ndarray]:
-    available = {"probabilities": probabilities, "prediction": probabilities.argmax(axis=1).astype(np.int64), "exit": exits.astype(np.int64)}
+def select_outputs(
+    probabilities: np.ndarray, predictions: np.ndarray, exits: np.ndarray, names: list[str] | None,
+) -> dict[str, np.ndarray]:
+    available = {"probabilities": probabilities, "prediction": predictions.astype(np.int64), "exit": exits.astype(np.int64)}
     if names is None:
         return available
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise ProtocolError(f"unknown outputs {unknown}; this model has {list(OUTPUTS)}")
+        raise ProtocolError(f"unknown outputs {unknown}; this model has {list(available)}")
     return {n: available[n] for n in names}
 
 

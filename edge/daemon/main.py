@@ -87,7 +87,6 @@ class Daemon:
         for loop in self.governors.values():
             loop.stop()
         self.server.server_close()
-        self.app.live = False
         log.info("stopped")
 
 

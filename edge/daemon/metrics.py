@@ -19,10 +19,15 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(float(value))
 
 
+def _escape(value: str) -> str:
+    """Prometheus label-value escaping: backslash, double quote, newline."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _labels(labels: dict[str, str]) -> str:
     if not labels:
         return ""
-    escaped = (f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34)).replace(chr(10), " ")}"' for k, v in sorted(labels.items()))
+    escaped = (f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
     return "{" + ",".join(escaped) + "}"
 
 
@@ -48,9 +53,6 @@ class Counter(_Metric):
         key = tuple(sorted(labels.items()))
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(tuple(sorted(labels.items())), 0.0)
 
     def lines(self) -> list[str]:
         with self._lock:

@@ -47,10 +47,10 @@ class Job:
     point: str | None
     deadline: float
     done: threading.Event = field(default_factory=threading.Event)
-    result: tuple[np.ndarray, np.ndarray, str] | None = None  # probabilities, exits, point used
+    result: tuple[np.ndarray, np.ndarray, np.ndarray, str] | None = None  # probabilities, predictions, exits, point used
     error: Exception | None = None
 
-    def finish(self, result: tuple[np.ndarray, np.ndarray, str] | None = None, error: Exception | None = None) -> None:
+    def finish(self, result: tuple[np.ndarray, np.ndarray, np.ndarray, str] | None = None, error: Exception | None = None) -> None:
         self.result, self.error = result, error
         self.done.set()
 
@@ -176,7 +176,7 @@ class Model:
         start = 0
         for job in live:
             end = start + len(job.images)
-            job.finish((result.probabilities[start:end], result.exits[start:end], result.operating_point))
+            job.finish((result.probabilities[start:end], result.predictions[start:end], result.exits[start:end], result.operating_point))
             start = end
         for k, count in enumerate(np.bincount(result.exits, minlength=self.runtime.num_exits)):
             if count:
