@@ -35,15 +35,15 @@ def backbone_spec(arch: str, data: Dataset, **kwargs: object) -> ModelSpec:
 
 
 def plain_checkpoint(path: Path, data: Dataset) -> tuple[ModelSpec, BlockBackbone]:
-    """A plain backbone checkpoint (what edge-train writes as static.pt) to train on from,
-    checked against the data it will see."""
+    """A plain backbone checkpoint (what edge-train writes as static.pt), checked against
+    the data it will train on or be compared on."""
     spec, model, _ = load_checkpoint(path)
     if spec.split_points or spec.skippable is not None or not isinstance(model, BlockBackbone):
         raise UserError(f"{path}: not a plain backbone checkpoint (edge-train writes one as static.pt)")
     if spec.classes != list(data.classes) or list(spec.backbone_kwargs["input_shape"]) != list(data.input_shape):
         raise UserError(
             f"{path}: a backbone for {len(spec.classes)} classes of shape {tuple(spec.backbone_kwargs['input_shape'])}"
-            f" cannot train on {data.name} ({len(data.classes)} classes of shape {tuple(data.input_shape)})"
+            f" does not fit {data.name} ({len(data.classes)} classes of shape {tuple(data.input_shape)})"
         )
     return spec, model
 

@@ -62,15 +62,15 @@ def build_engines(
     net = net.eval()
     example = torch.from_numpy(real_inputs[:2].astype(np.float32))
     base_graphs = _export_base_variants(net, out_dir, example, temperatures, gates, real_inputs, options)
-    with _at_depth(net, "super"):  # the full engines, whatever depth the network was left at
+    with _at_depth(net, "super"):  # the full engines (and a static model from this backbone), whatever depth it was left at
         graphs = export_segments(net, out_dir, example, temperatures, gates)
         check_segments(net, exportable_segments(net, temperatures, gates), graphs, real_inputs, options.random_check_batches)
-    static = None
-    if options.include_static:
-        backbone = static_backbone if static_backbone is not None else net.backbone
-        graph = export_static(backbone, out_dir / "static.onnx", example)
-        _check(ExportableStatic(backbone), graph, _check_batches(real_inputs, options.random_check_batches))
-        static = {"file": graph.path.name, "sha256": sha256_file(graph.path)}
+        static = None
+        if options.include_static:
+            backbone = static_backbone if static_backbone is not None else net.backbone
+            graph = export_static(backbone, out_dir / "static.onnx", example)
+            _check(ExportableStatic(backbone), graph, _check_batches(real_inputs, options.random_check_batches))
+            static = {"file": graph.path.name, "sha256": sha256_file(graph.path)}
     manifest = describe(net, graphs, classes, points, options, static, out_dir, temperatures, base_graphs)
     save_manifest(manifest, out_dir / MANIFEST_NAME)
     return manifest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -380,7 +381,7 @@ def test_adaptive_report_end_to_end_on_digits(adaptive_net, tmp_path: Path, caps
     args = ["--checkpoint", str(tmp_path / "adn.pt"), "--static", str(tmp_path / "static.pt"), "--data", "digits",
             "--out", str(out), "--test-samples", "60", "--sweep-samples", "40", "--thresholds", "0.3,1.5"]
     assert run_main(adaptive_report.main, args) == 0
-    report = __import__("json").loads((out / "adaptive.json").read_text())
+    report = json.loads((out / "adaptive.json").read_text())
     assert list(report["depths"]) == ["static", *make_adaptive(plain_resnet14()).depth_configs()]
     assert len(report["sweep"]) == 8 * 3 and all(p["samples"] == 40 for p in report["sweep"])
     front = report["pareto"]

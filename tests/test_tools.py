@@ -205,7 +205,7 @@ def test_train_goes_on_from_a_checkpoint_and_records_which(exit_checkpoint: Path
 
 @pytest.mark.parametrize(
     ("which", "data", "message"),
-    [("frozen.pt", "digits", "not a plain backbone checkpoint"), ("static.pt", "fashion-mnist", "cannot train on fashion-mnist")],
+    [("frozen.pt", "digits", "not a plain backbone checkpoint"), ("static.pt", "fashion-mnist", "does not fit fashion-mnist")],
 )
 def test_train_refuses_an_init_it_cannot_go_on_from(
     exit_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str, data: str, message: str,

@@ -23,15 +23,16 @@ from calibration.train import set_threads
 from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
 from edge.errors import UserError
-from edge.manifest import OperatingPoint
+from edge.manifest import Manifest, OperatingPoint
 from edge.runtime import Runtime
 from engines.adaptive import AdaptiveBackbone
-from engines.build import BuildOptions, build_engines
+from engines.backbone import BlockBackbone
 from engines.checkpoint import load_checkpoint
 from engines.partition import MultiExitNetwork
 from tools._cli import run_main
 from tools.adaptive_plot import plot_depths, plot_pareto
 from tools.calibrate import check_data
+from tools.calibrate_plot import pareto_front
 
 THRESHOLDS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.8]
 
@@ -51,42 +52,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_threads()
-    net, static = load_networks(args.checkpoint, args.static)
     test = load_dataset(args.data, "test")
+    net, static = load_networks(args.checkpoint, args.static, test)
     check_data(net, test, args)
     thresholds = [float(t) for t in args.thresholds.split(",")]
-    manifest = build_engines(
-        net, args.out / "engines", test.classes, test.images[:16],
-        options=BuildOptions(name=args.checkpoint.stem), static_backbone=static,
-    )
+    manifest = pipeline.build(net, test, args.out / "engines", args.checkpoint.stem, static)
     runtime = Runtime(manifest)
-    static_model = StaticModel(manifest.path_of(manifest.static_model["file"])) if static is not None else None  # type: ignore[index]
-    depths = net.backbone.depth_configs()  # type: ignore[operator]
-    table_data = test.subset(slice(0, args.test_samples)) if args.test_samples else test
-    table = measure_depths(runtime, static_model, depths, table_data)
-    sweep_data = test.subset(slice(0, min(args.sweep_samples, len(test))))
-    sweep = measure_sweep(runtime, static_model, depths, thresholds, sweep_data)
-    report = make_report(args, table, sweep, depths, (len(table_data), len(sweep_data)), thresholds)
+    try:
+        report = measure(args, net, runtime, manifest, static is not None, test, thresholds)
+    finally:
+        runtime.close()
     pipeline.with_points(manifest, operating_points(report, runtime.num_exits))
-    args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "adaptive.json", report)
     plot_depths(report, args.out / "depths.png")
     plot_pareto(report, args.out / "pareto.png")
     print_summary(report)
     print(f"wrote {args.out / 'adaptive.json'}, depths.png, pareto.png; engines and operating points in {args.out / 'engines'}")
-    runtime.close()
     return 0
 
 
-def load_networks(checkpoint: Path, static_path: Path | None) -> tuple[MultiExitNetwork, Any]:
+def measure(
+    args: argparse.Namespace, net: MultiExitNetwork, runtime: Runtime, manifest: Manifest, with_static: bool,
+    test: Dataset, thresholds: list[float],
+) -> dict[str, Any]:
+    """The depth table and the depth x threshold sweep, as the report."""
+    static_model = StaticModel(manifest.path_of(manifest.static_model["file"])) if with_static else None  # type: ignore[index]
+    depths = net.backbone.depth_configs()  # type: ignore[operator]
+    table_data = test.subset(slice(0, args.test_samples)) if args.test_samples else test
+    table = measure_depths(runtime, static_model, depths, table_data)
+    sweep_data = test.subset(slice(0, args.sweep_samples))
+    sweep = measure_sweep(runtime, static_model, depths, thresholds, sweep_data)
+    return make_report(args, table, sweep, depths, (len(table_data), len(sweep_data)), thresholds)
+
+
+def load_networks(checkpoint: Path, static_path: Path | None, data: Dataset) -> tuple[MultiExitNetwork, BlockBackbone | None]:
     _, net, _ = load_checkpoint(checkpoint)
     if not isinstance(net, MultiExitNetwork) or not isinstance(net.backbone, AdaptiveBackbone):
         raise UserError(f"{checkpoint}: not an adaptive-depth network with exits (edge-train-adaptive writes adaptive-exits.pt)")
-    static = None
-    if static_path is not None:
-        _, static, _ = load_checkpoint(static_path)
-        if isinstance(static, MultiExitNetwork) or isinstance(static, AdaptiveBackbone):
-            raise UserError(f"{static_path}: --static takes a plain backbone checkpoint (static.pt)")
+    static = pipeline.plain_checkpoint(static_path, data)[1] if static_path is not None else None
     return net, static
 
 
@@ -113,15 +116,6 @@ def measure_sweep(
 
 def sweep_name(depth: str, threshold: float | None) -> str:
     return f"{depth}-off" if threshold is None else f"{depth}-t{threshold:g}"
-
-
-def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The points no other point beats on both latency and accuracy, fastest first."""
-    front: list[dict[str, Any]] = []
-    for point in sorted(points, key=lambda p: (p["mean_ms"], -p["accuracy"])):
-        if not front or point["accuracy"] > front[-1]["accuracy"]:
-            front.append(point)
-    return front
 
 
 def make_report(

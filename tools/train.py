@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     static = pipeline.static_model(spec, train, cfg, args.out / "static.pt", init)
     print(f"static: test accuracy {exit_accuracies(static, test)[0]:.2%} -> {args.out / 'static.pt'}")
     for mode in filter(None, args.exits.split(",")):
-        exit_spec = dataclasses.replace(spec)
-        exit_spec.split_points = args.splits.split(",")
+        exit_spec = dataclasses.replace(spec, split_points=args.splits.split(","))
         net = pipeline.multi_exit_model(exit_spec, mode, train, cfg, args.out / f"{mode}.pt", static=static)
         accs = ", ".join(f"{a:.2%}" for a in exit_accuracies(net, test))
         print(f"{mode} exits: test accuracy per exit {accs} -> {args.out / f'{mode}.pt'}")
