@@ -86,9 +86,11 @@ def load_policy(path: Path | str) -> Policy:
         raise PolicyError(f"{path}: unknown policy keys {unknown}; known: {sorted(known)}")
     for key in ("zones", "points"):
         if key in data:
+            if not isinstance(data[key], list) or not all(isinstance(v, str) for v in data[key]):
+                raise PolicyError(f"{path}: {key} must be a list of names, got {data[key]!r}")
             data[key] = tuple(data[key])
     for key, value in data.items():
-        if key not in ("zones", "points") and value is not None and not isinstance(value, (int, float)):
+        if key not in ("zones", "points") and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise PolicyError(f"{path}: {key} must be a number or null, got {value!r}")
     return Policy(**data)
 

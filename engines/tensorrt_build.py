@@ -83,7 +83,7 @@ def precision_plan(precision: str, version: str, flags_available: Sequence[str],
             "variant of every segment first"
         )
     if "int8" not in variants:
-        raise UserError("INT8 needs the explicit Q/DQ variant of every segment (edge-calibrate writes them); "
+        raise UserError("INT8 needs a symmetric Q/DQ variant of every segment (edge-calibrate's, made for the CPU, are asymmetric); "
                         "TensorRT's implicit calibrators are removed in 11.x and not used")
     # Weakly typed 10.x networks need the INT8 flag to honour Q/DQ; 11.x is strongly typed.
     return PrecisionPlan("int8", ("INT8",) if "INT8" in flags_available and trt_major(version) < 11 else ())
@@ -164,10 +164,12 @@ def build_tensorrt_engines(manifest: Manifest, options: TrtBuildOptions = TrtBui
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     cache = _timing_cache(builder, options.timing_cache)
-    plans = {}
-    for onnx_file, segment in engine_files(manifest, plan):
-        if plan.variant == "int8":
+    files = engine_files(manifest, plan)
+    if plan.variant == "int8":  # every graph checked before any plan is built
+        for onnx_file, _ in files:
             _refuse_asymmetric(manifest.path_of(onnx_file))
+    plans = {}
+    for onnx_file, segment in files:
         shapes = profile_shapes(segment.input.shape, manifest.batch)
         if options.dla_core is not None:  # DLA takes static shapes only: the plan serves the opt batch
             shapes = (shapes[1], shapes[1], shapes[1])

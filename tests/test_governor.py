@@ -50,6 +50,8 @@ def test_policy_files_are_checked(tmp_path: Path) -> None:
         ({"soft_limt_c": 70}, "unknown policy keys"),
         ({"soft_limit_c": 90, "hard_limit_c": 85}, "must be below"),
         ({"min_dwell_s": "5"}, "must be a number"),
+        ({"min_dwell_s": True}, "must be a number"),
+        ({"zones": "tj"}, "must be a list of names"),
     ]:
         path.write_text(json.dumps(text))
         with pytest.raises(PolicyError, match=message):

@@ -86,3 +86,16 @@ def test_a_missing_engine_folder_is_one_line(tmp_path: Path, capsys: pytest.Capt
     assert run_main(lambda argv: power_test.main(argv, "thermal"), ["--engines", str(tmp_path / "none"), "--data", "digits"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "manifest not found" in err and "\n" not in err
+
+
+def test_the_checker_settles_crossed_limits_as_the_governor_does() -> None:
+    """A hard limit under the board's passive trip point: soft falls a hysteresis below
+    hard on both sides, so the emulated slowdown never turns into a speed-up."""
+    from edge.governor import Governor, Rung
+    from edge.sensors.base import Reading
+
+    policy = Policy(hard_limit_c=75.0)
+    reading = Reading(0.0, "test", {"tj": 74.0}, {"tj": {"passive": 80.0, "hot": 90.0}})
+    _, soft, hard = power_test.board_state(reading, policy)
+    assert (soft, hard) == Governor([Rung("full", 1.0)], policy).limits(reading) == (72.0, 75.0)
+    assert ThrottleModel().speed(85.0, soft, hard, None) == pytest.approx(0.5)

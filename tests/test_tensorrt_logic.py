@@ -46,7 +46,7 @@ def test_precision_is_reached_the_way_each_tensorrt_version_allows(precision, ve
 def test_precisions_a_version_cannot_reach_say_what_is_needed() -> None:
     with pytest.raises(UserError, match="no FP16 builder flag .removed in 11.x."):
         precision_plan("fp16", "11.4.1", FLAGS_11, [])
-    with pytest.raises(UserError, match="explicit Q/DQ variant"):
+    with pytest.raises(UserError, match="symmetric Q/DQ variant"):
         precision_plan("int8", "10.3.0", FLAGS_10, [])
     with pytest.raises(UserError, match="DLA runs FP16 or INT8 only"):
         TrtBuildOptions("fp32", dla_core=0)

@@ -122,7 +122,7 @@ def profile_points(runtime: Runtime, static: StaticModel | None, data: Dataset) 
     """Every operating point (and the static model) measured here, interleaved, batch 1."""
     configs = {"static": static.config()} if static is not None else {}
     for point in runtime.manifest.operating_points:
-        configs[point.name] = runtime_config(runtime, point.thresholds, point.criterion, point.precision, point.depth or runtime.manifest.full_depth())
+        configs[point.name] = runtime_config(runtime, point_name=point.name)
     measured = measure_interleaved(configs, data, progress=False)
     return {name: {"mean_ms": m.mean_ms, "accuracy": m.accuracy} for name, m in measured.items()}
 
@@ -188,6 +188,8 @@ def board_state(reading: Reading | None, policy: Policy) -> tuple[float | None, 
     trips = [t for z, t in reading.trip_points.items() if not policy.zones or z in policy.zones]
     soft = policy.soft_limit_c if policy.soft_limit_c is not None else min((t["passive"] for t in trips if "passive" in t), default=80.0)
     hard = policy.hard_limit_c if policy.hard_limit_c is not None else min((t[k] for t in trips for k in ("hot", "critical") if k in t), default=95.0)
+    if soft >= hard:  # the policy's own rule for limits that cross: soft sits a hysteresis below hard
+        soft = hard - max(policy.hysteresis_c, 1.0)
     return (max(counted.values()) if counted else None), soft, hard
 
 

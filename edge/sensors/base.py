@@ -12,6 +12,7 @@ from edge.errors import UserError
 log = logging.getLogger(__name__)
 
 FIELDS = ("temperature", "power", "battery", "nvpmodel")  # what a reading can lack
+OFFLINE_C = -200.0  # a zone reading below this is offline (jtop reports -256)
 
 
 class SensorError(UserError):

@@ -14,9 +14,7 @@ import datetime
 import time
 from typing import Any, Callable
 
-from edge.sensors.base import Reading, SensorError, SensorSource, SensorUnavailable
-
-OFFLINE_C = -200.0  # jtop reports -256 for an offline sensor
+from edge.sensors.base import OFFLINE_C, Reading, SensorError, SensorSource, SensorUnavailable
 
 
 class JtopSource(SensorSource):

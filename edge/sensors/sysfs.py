@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from edge.sensors.base import Reading, SensorError, SensorSource, SensorUnavailable
+from edge.sensors.base import OFFLINE_C, Reading, SensorError, SensorSource, SensorUnavailable
 
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN")  # the whole board's draw, where a monitor has it
-OFFLINE_C = -200.0  # below this a zone is offline (jtop reports -256)
 
 
 class SysfsSource(SensorSource):
