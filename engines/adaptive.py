@@ -153,7 +153,7 @@ def make_adaptive(backbone: BlockBackbone, skippable: Sequence[int] | None = Non
 
 
 def _check_shape_preserving(info: Sequence[object], first: int, last: int, stage: str) -> None:
-    shapes = [(i.channels, i.height, i.width) for i in info]  # type: ignore[attr-defined]
+    shapes = [i.shape for i in info]  # type: ignore[attr-defined]
     for block in range(first, last + 1):
         if block == 0 or shapes[block] != shapes[block - 1]:
             raise ValueError(f"stage {stage}: block {block} changes the feature shape, so it cannot be skipped")

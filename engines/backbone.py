@@ -27,20 +27,33 @@ class Normalize(nn.Module):
 
 @dataclass(frozen=True)
 class FeatureInfo:
-    """What comes out of one block: where exits can be attached."""
+    """What comes out of one block: where exits can be attached. `shape` is without
+    the batch: (C, H, W) for a feature map, (T, D) for tokens, (D,) for a vector."""
 
     index: int
     name: str
-    channels: int
-    height: int
-    width: int
+    shape: tuple[int, ...]
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.shape[2]
 
 
 class BlockBackbone(nn.Module):
     """A classifier written as `head(blocks[-1](...blocks[0](stem(x))))`.
 
     `block_names` name each block (e.g. "layer2.1"); `stage_ends` maps a stage name
-    to the index of its last block so split points can be given per stage.
+    to the index of its last block so split points can be given per stage; `aliases`
+    maps other names of a block's output (a traced network's module paths and node
+    names) to its index, and `refusals` says why a name is not a place to split.
     """
 
     def __init__(
@@ -52,6 +65,8 @@ class BlockBackbone(nn.Module):
         stage_ends: dict[str, int],
         input_shape: tuple[int, int, int],
         normalization: dict[str, list[float]],
+        aliases: dict[str, int] | None = None,
+        refusals: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         if len(blocks) != len(block_names):
@@ -63,6 +78,8 @@ class BlockBackbone(nn.Module):
         self.stage_ends = dict(stage_ends)
         self.input_shape = tuple(input_shape)
         self.normalization = normalization
+        self.aliases = dict(aliases or {})
+        self.refusals = dict(refusals or {})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -79,7 +96,7 @@ class BlockBackbone(nn.Module):
         infos = []
         for i, (name, block) in enumerate(zip(self.block_names, self.blocks)):
             x = block(x)
-            infos.append(FeatureInfo(i, name, x.shape[1], x.shape[2], x.shape[3]))
+            infos.append(FeatureInfo(i, name, tuple(x.shape[1:])))
         self.train(was_training)
         return infos
 
@@ -91,9 +108,14 @@ class BlockBackbone(nn.Module):
             index = self.stage_ends[point]
         elif point in self.block_names:
             index = self.block_names.index(point)
+        elif point in self.aliases:
+            index = self.aliases[point]
+        elif point in self.refusals:
+            raise ValueError(f"split point {point!r} is not a clean cut: {self.refusals[point]}")
         else:
-            known = ", ".join(list(self.stage_ends) + self.block_names)
-            raise ValueError(f"unknown split point {point!r}; known: {known}")
+            known = list(self.stage_ends) + self.block_names
+            more = f", ... ({len(known) - 40} more)" if len(known) > 40 else ""
+            raise ValueError(f"unknown split point {point!r}; known: {', '.join(known[:40])}{more}")
         if not 0 <= index < len(self.blocks) - 1:
             raise ValueError(
                 f"split point {point!r} must be after a block before the last one "

@@ -96,7 +96,7 @@ def export_module(module: nn.Module, example: torch.Tensor, path: Path, input_na
     """One ONNX file with a dynamic batch dimension, weights embedded, written atomically."""
     module = module.eval()
     if example.shape[0] < 2:
-        example = example.repeat(2, 1, 1, 1)  # the exporter specialises a batch of 1
+        example = example.repeat(2, *[1] * (example.dim() - 1))  # the exporter specialises a batch of 1
     with torch.no_grad():
         outputs = module(example)
     batch = torch.export.Dim("batch", min=1, max=4096)

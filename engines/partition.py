@@ -53,7 +53,7 @@ class MultiExitNetwork(nn.Module):
         self.head_spec = head_spec
         info = backbone.feature_info()
         classes = num_classes or _num_classes(backbone)
-        self.exit_heads = nn.ModuleList(exit_head(info[s].channels, classes, head_spec) for s in splits)
+        self.exit_heads = nn.ModuleList(exit_head(info[s].shape, classes, head_spec) for s in splits)
         self.segments = nn.ModuleList(self._build_segments())
 
     @property
