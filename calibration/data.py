@@ -12,11 +12,14 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from edge.errors import DatasetNotFoundError, InputError
+from edge.errors import DatasetNotFoundError, InputError, UserError
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -29,6 +32,10 @@ _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype
 # On-disk prefixes per split: "t10k" is the MNIST name, "test" is common in re-packs.
 _IDX_PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
 _GRAY_MODES = frozenset({"1", "L", "LA"})
+
+
+class DatasetMismatchError(UserError):
+    """A split does not fit the model or the other split (another class list)."""
 
 
 @dataclass(frozen=True)
@@ -200,24 +207,56 @@ def _probe_image(path: Path) -> tuple[str, tuple[int, int]]:
         raise InputError(f"{path}: cannot decode image ({exc})") from exc
 
 
-def _read_image(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+def _read_image(path: Path, mode: str, size: tuple[int, int], crop: bool = False) -> np.ndarray:
     """Decode one image to float32 (C, H, W) in [0, 1], converted and resized as asked."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            img = img.convert(mode)
-            if (img.height, img.width) != size:
-                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            pixels = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+            pixels = np.asarray(_fit(img.convert(mode), size, crop), dtype=np.float32) / np.float32(255.0)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: cannot decode image ({exc})") from exc
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
+def _fit(img: "PIL.Image.Image", size: tuple[int, int], crop: bool) -> "PIL.Image.Image":
+    """Resize to (H, W): stretched, or (crop) scaled to cover it and centre-cropped."""
+    from PIL import Image
+
+    if (img.height, img.width) == size:
+        return img
+    if not crop:
+        return img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    scale = max(size[0] / img.height, size[1] / img.width)
+    height, width = max(size[0], round(img.height * scale)), max(size[1], round(img.width * scale))
+    img = img.resize((width, height), Image.Resampling.BILINEAR)
+    top, left = (height - size[0]) // 2, (width - size[1]) // 2
+    return img.crop((left, top, left + size[1], top + size[0]))
+
+
+def fit_images(images: np.ndarray, shape: tuple[int, int, int], crop: bool = False) -> np.ndarray:
+    """(N, C, H, W) images in [0, 1] at another size and channel count: grey to RGB
+    repeats the channel, RGB to grey takes the luminance."""
+    from PIL import Image
+
+    channels, height, width = images.shape[1:]
+    if shape[0] != channels and {shape[0], channels} != {1, 3}:
+        raise InputError(f"cannot turn {channels}-channel images into {shape[0]} channels (only 1 <-> 3)")
+    if shape[0] == 1 and channels == 3:
+        images = np.tensordot(images, np.array([0.299, 0.587, 0.114], dtype=np.float32), axes=([1], [0]))[:, None]
+    if (height, width) != tuple(shape[1:]):
+        planes = [np.asarray(_fit(Image.fromarray(plane, mode="F"), shape[1:], crop)) for plane in images.reshape(-1, height, width)]
+        images = np.stack(planes).reshape(len(images), -1, *shape[1:])
+    if shape[0] == 3 and images.shape[1] == 1:
+        images = np.repeat(images, 3, axis=1)
+    return np.ascontiguousarray(np.clip(images, 0.0, 1.0), dtype=np.float32)
+
+
 def load_image_folder(root: Path | str, size: tuple[int, int] | None = None,
-                      grayscale: bool | None = None) -> Dataset:
-    """torchvision-ImageFolder layout: root/<class_name>/<image>; classes sorted by name."""
+                      grayscale: bool | None = None, crop: bool = False) -> Dataset:
+    """torchvision-ImageFolder layout: root/<class_name>/<image>; classes sorted by name.
+    Images are resized to `size` (H, W) (centre-cropped with `crop`), by default the
+    first image's size."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise _image_folder_not_found(root, "no image folder")
@@ -229,7 +268,7 @@ def load_image_folder(root: Path | str, size: tuple[int, int] | None = None,
         grayscale = all(mode in _GRAY_MODES for mode, _ in probes)
     target = size if size is not None else probes[0][1]
     mode = "L" if grayscale else "RGB"
-    images = np.stack([_read_image(path, mode, target) for path, _ in samples])
+    images = np.stack([_read_image(path, mode, target, crop) for path, _ in samples])
     labels = np.array([label for _, label in samples], dtype=np.int64)
     return Dataset(images, labels, classes, root.name)
 
@@ -238,14 +277,40 @@ def _has_idx_files(root: Path) -> bool:
     return any("-idx" in p.name or ".idx" in p.name for p in root.iterdir() if p.is_file())
 
 
-def _load_folder_split(root: Path, split: str) -> Dataset:
+def _load_folder_split(root: Path, split: str, shape: tuple[int, int, int] | None, crop: bool) -> Dataset:
     # Image folders may hold root/train/<class>/ and root/test/<class>/.
     split_root = root / split
-    return load_image_folder(split_root if split_root.is_dir() else root)
+    size, grayscale = (None, None) if shape is None else (shape[1:], shape[0] == 1)
+    return load_image_folder(split_root if split_root.is_dir() else root, size, grayscale, crop)
 
 
-def load_dataset(spec: str, split: str = "train") -> Dataset:
-    """Load a dataset from a short spec string, as given on a command line."""
+def load_dataset(spec: str, split: str = "train", input_shape: Sequence[int] | None = None,
+                 classes: Sequence[str] | None = None, crop: bool = False) -> Dataset:
+    """A dataset from a short spec string, as given on a command line, fitted to
+    `input_shape` (C, H, W) if given (resized, centre-cropped with `crop`, channels
+    converted); with `classes`, a split whose class list differs is refused."""
+    shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+    data = _load(spec, split, shape, crop)
+    if shape is not None and data.input_shape != shape:
+        data = Dataset(fit_images(data.images, shape, crop), data.labels, data.classes, data.name)  # type: ignore[arg-type]
+    if classes is not None:
+        check_classes(data, classes)
+    return data
+
+
+def check_classes(data: Dataset, classes: Sequence[str], against: str = "the model") -> None:
+    """A split must hold the very classes, in order, that the model was trained on."""
+    if list(data.classes) != list(classes):
+        missing = [c for c in classes if c not in data.classes]
+        extra = [c for c in data.classes if c not in classes]
+        detail = f"missing {missing}" * bool(missing) + ", " * bool(missing and extra) + f"not in it {extra}" * bool(extra)
+        raise DatasetMismatchError(
+            f"{data.name}: its classes differ from those of {against} ({len(data.classes)} vs {len(classes)}"
+            + (f"; {detail}" if detail else "; same classes in another order") + ")"
+        )
+
+
+def _load(spec: str, split: str, shape: tuple[int, int, int] | None, crop: bool) -> Dataset:
     if spec == "fashion-mnist":
         return load_idx_folder(None, split)
     if spec == "digits":
@@ -254,12 +319,12 @@ def load_dataset(spec: str, split: str = "train") -> Dataset:
         root = Path(spec[4:]).expanduser()
         return load_idx_folder(root, split, name=root.name or "idx")
     if spec.startswith("folder:"):
-        return _load_folder_split(Path(spec[7:]).expanduser(), split)
+        return _load_folder_split(Path(spec[7:]).expanduser(), split, shape, crop)
     path = Path(spec).expanduser()
     if path.is_dir():
         if _has_idx_files(path):
             return load_idx_folder(path, split, name=path.name or "idx")
-        return _load_folder_split(path, split)
+        return _load_folder_split(path, split, shape, crop)
     raise DatasetNotFoundError(f"unknown dataset {spec!r}: use 'fashion-mnist', 'digits', "
                                "'idx:<folder>', 'folder:<folder>' or an existing folder")
 

@@ -14,14 +14,20 @@ from engines.adaptive import make_adaptive
 from engines.backbone import BlockBackbone
 from engines.heads import HeadSpec
 from engines.partition import MultiExitNetwork
-from engines.registry import create_backbone
+from engines.intake.sources import build_backbone
 
 FORMAT = 1
 
 
 @dataclass
 class ModelSpec:
-    """Everything needed to rebuild a (multi-exit) network before loading its weights."""
+    """Everything needed to rebuild a (multi-exit) network before loading its weights.
+
+    `backbone` is the network's source (engines.intake.sources: a zoo name,
+    `torchvision:<name>`, `timm:<name>` or `module:<package.module>:<factory>`);
+    `backbone_kwargs` holds its input_shape, the normalization (mean, std) and the
+    source's own keyword arguments; `weights_sha256` names the user's weights file the
+    network started from (the weights themselves are in the checkpoint)."""
 
     backbone: str
     backbone_kwargs: dict[str, Any]
@@ -29,11 +35,17 @@ class ModelSpec:
     split_points: list[int] = field(default_factory=list)  # empty: a plain backbone
     head: dict[str, Any] = field(default_factory=dict)
     skippable: list[int] | None = None  # adaptive depth: skippable blocks per stage; None = plain
+    weights_sha256: str | None = None
 
-    def build_backbone(self) -> BlockBackbone:
-        kwargs = dict(self.backbone_kwargs)
-        kwargs["input_shape"] = tuple(kwargs["input_shape"])
-        backbone = create_backbone(self.backbone, num_classes=len(self.classes), **kwargs)
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.backbone_kwargs["input_shape"]
+        return int(c), int(h), int(w)
+
+    def build_backbone(self, weights: Path | None = None) -> BlockBackbone:
+        """The network, from `weights` (the user's state_dict file) if given, else random."""
+        kwargs = {k: v for k, v in self.backbone_kwargs.items() if k != "input_shape"}
+        backbone = build_backbone(self.backbone, len(self.classes), self.input_shape, kwargs, weights)
         return backbone if self.skippable is None else make_adaptive(backbone, self.skippable)
 
     def build(self) -> MultiExitNetwork | BlockBackbone:
@@ -63,6 +75,8 @@ def load_checkpoint(path: Path) -> tuple[ModelSpec, torch.nn.Module, dict[str, A
         spec = ModelSpec(**payload["spec"])
         model = spec.build()
         model.load_state_dict(payload["state_dict"])
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from exc
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise UserError(f"{path}: checkpoint does not describe a network this project builds ({type(exc).__name__}: {exc})") from exc
     return spec, model.eval(), payload.get("meta", {})

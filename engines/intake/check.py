@@ -38,15 +38,18 @@ def chain_bodies(backbone: BlockBackbone, split_points: Sequence[int | str]) -> 
 
 def check_chain(
     network: nn.Module, backbone: BlockBackbone, split_points: Sequence[int | str], out_dir: Path, images: np.ndarray,
+    normalized: bool = True,
 ) -> ChainCheck:
     """Export every segment to `out_dir/chain_{k}.onnx` and compare the chains with
-    `network` (the user's network, which takes normalized images) on `images` in [0, 1]."""
+    `network` (the user's network: it takes normalized images, as traced) on `images`
+    in [0, 1]. A zoo backbone is its own reference: pass it with `normalized=False`."""
     from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     norm = backbone.normalization
+    reference = nn.Sequential(Normalize(norm["mean"], norm["std"]), network) if normalized else network
     with torch.no_grad():
-        expected = network.eval()(Normalize(norm["mean"], norm["std"])(x)).numpy()
+        expected = reference.eval()(x).numpy()
     scale = max(1.0, float(np.abs(expected).max()))
     backend = OnnxRuntimeBackend()
     features, onnx_features = x, x.numpy()

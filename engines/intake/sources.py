@@ -88,8 +88,6 @@ def build_backbone(
     """The network a source names as a BlockBackbone. `kwargs` may hold `mean` / `std`
     (the normalization baked into the graph: images come in [0, 1]) and the source's own
     keyword arguments; `weights` is a state_dict file for the network as the user built it."""
-    from engines.intake.trace import trace_backbone
-    from engines.intake.weights import load_weights
     from engines.registry import create_backbone
 
     kwargs = dict(kwargs or {})
@@ -102,12 +100,27 @@ def build_backbone(
             return create_backbone(parsed.name, num_classes=num_classes, input_shape=shape, **kwargs)
         except ValueError as exc:
             raise SourceError(str(exc)) from exc
+    return traced_network(source, num_classes, shape, kwargs, weights)[1]
+
+
+def traced_network(
+    source: str, num_classes: int, input_shape: Sequence[int], kwargs: dict[str, Any] | None = None,
+    weights: Path | None = None,
+) -> tuple[nn.Module, BlockBackbone]:
+    """The network a (non-zoo) source names, and its traced BlockBackbone (sharing its
+    modules and weights), to compare one with the other."""
+    from engines.intake.trace import trace_backbone
+    from engines.intake.weights import load_weights
+
+    kwargs = dict(kwargs or {})
+    shape = tuple(int(d) for d in input_shape)
     norm = default_normalization(shape[0])
     norm = {"mean": list(kwargs.pop("mean", norm["mean"])), "std": list(kwargs.pop("std", norm["std"]))}
     net = create_network(source, num_classes, kwargs)
     if weights is not None:
         load_weights(net, weights)
-    return trace_backbone(net, shape, norm, source=source, leaf_types=_leaf_types(parsed.kind))
+    kind = Source.parse(source).kind
+    return net, trace_backbone(net, shape, norm, source=source, leaf_types=_leaf_types(kind), autowrap=_autowrap(kind))
 
 
 def _leaf_types(kind: str) -> tuple[type, ...]:
@@ -117,6 +130,15 @@ def _leaf_types(kind: str) -> tuple[type, ...]:
     from timm.models import _features_fx
 
     return tuple(_features_fx.get_notrace_modules())
+
+
+def _autowrap(kind: str) -> tuple[object, ...]:
+    """Functions that tracing records as calls without entering them (timm's own list)."""
+    if kind != "timm":
+        return ()
+    from timm.models import _features_fx
+
+    return tuple(_features_fx.get_notrace_functions())
 
 
 @register_source("torchvision")
