@@ -16,6 +16,7 @@ from calibration.data import Dataset
 from calibration.adaptive import SelfDistillation, train_adaptive
 from calibration.exits import ExitTable, choose_uniform_threshold, exit_table
 from calibration.train import Distillation, TrainConfig, train_backbone, train_exits_frozen, train_joint
+from edge.atomic import sha256_file
 from edge.errors import UserError
 from edge.manifest import MANIFEST_NAME, Manifest, OperatingPoint, load_manifest, save_manifest
 from engines.adaptive import AdaptiveBackbone, make_adaptive
@@ -59,6 +60,15 @@ def static_model(
         return reused  # type: ignore[return-value]
     backbone = copy.deepcopy(init) if init is not None else spec.build_backbone()
     train_backbone(backbone, data, cfg, on_epoch=_saver(path, spec, backbone, recipe))
+    return backbone
+
+
+def imported_model(spec: ModelSpec, weights: Path, path: Path) -> BlockBackbone:
+    """The user's own trained network as the static model: built from `weights` (their
+    state_dict file), checkpointed to `path` with the weights' digest in its spec."""
+    backbone = spec.build_backbone(weights)
+    digest = sha256_file(Path(weights))
+    save_checkpoint(path, dataclasses.replace(spec, weights_sha256=digest), backbone, {"mode": "imported", "weights": str(weights)})
     return backbone
 
 

@@ -46,11 +46,11 @@ def parse_point(text: str, early_exits: int) -> OperatingPoint:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _, net, _ = load_checkpoint(args.checkpoint)
+    spec, net, _ = load_checkpoint(args.checkpoint)
     if not isinstance(net, MultiExitNetwork):
         raise UserError(f"{args.checkpoint}: a plain backbone has no exits; train exits first (edge-train --exits ...)")
     static = load_checkpoint(args.static)[1] if args.static else None
-    data = load_dataset(args.data, "test")
+    data = load_dataset(args.data, "test", spec.input_shape, spec.classes)
     if data.input_shape != tuple(net.backbone.input_shape):
         raise UserError(f"{args.data} images are {data.input_shape}, the network takes {tuple(net.backbone.input_shape)}")
     full = OperatingPoint("full", [None] * (net.num_exits - 1))

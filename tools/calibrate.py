@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from calibration import gates as gating
 from calibration.data import Dataset, load_dataset
@@ -31,7 +31,7 @@ from edge.errors import UserError
 from edge.manifest import MANIFEST_NAME, Manifest, OperatingPoint, load_manifest, save_manifest
 from edge.runtime import Runtime
 from engines.build import BuildOptions, build_engines
-from engines.checkpoint import load_checkpoint
+from engines.checkpoint import ModelSpec, load_checkpoint
 from engines.partition import MultiExitNetwork
 from tools._cli import run_main
 from tools.calibrate_plot import plot_pareto
@@ -61,8 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_threads()
-    net, static_backbone = load_networks(args)
-    calibration, test = load_splits(args)
+    spec, net, static_backbone = load_networks(args)
+    calibration, test = load_splits(args, spec.input_shape, spec.classes)
     check_data(net, calibration, args)
     out: Path = args.out
     engines = out / "engines"
@@ -111,14 +111,14 @@ def build(
     )
 
 
-def load_networks(args: argparse.Namespace) -> tuple[MultiExitNetwork, Any]:
-    _, net, _ = load_checkpoint(args.checkpoint)
+def load_networks(args: argparse.Namespace) -> tuple[ModelSpec, MultiExitNetwork, Any]:
+    spec, net, _ = load_checkpoint(args.checkpoint)
     if not isinstance(net, MultiExitNetwork):
         raise UserError(f"{args.checkpoint}: a plain backbone has no exits; train exits first (edge-train --exits ...)")
     static = load_checkpoint(args.static)[1] if args.static else None
     if static is not None and isinstance(static, MultiExitNetwork):
         raise UserError(f"{args.static}: --static takes the static model's checkpoint, this one has exits")
-    return net, static
+    return spec, net, static
 
 
 def check_data(net: MultiExitNetwork, data: Dataset, args: argparse.Namespace) -> None:
@@ -129,9 +129,11 @@ def check_data(net: MultiExitNetwork, data: Dataset, args: argparse.Namespace) -
         raise UserError(f"{args.data} has {len(data.classes)} classes, the network has {classes}")
 
 
-def load_splits(args: argparse.Namespace) -> tuple[Dataset, Dataset]:
-    train_all = load_dataset(args.data, "train")
-    test = load_dataset(args.data, "test")
+def load_splits(args: argparse.Namespace, input_shape: Sequence[int], classes: Sequence[str]) -> tuple[Dataset, Dataset]:
+    """The calibration and test splits, fitted to the network's input and checked to
+    hold the classes it was trained on."""
+    train_all = load_dataset(args.data, "train", input_shape, classes)
+    test = load_dataset(args.data, "test", input_shape, classes)
     _, calibration = train_all.split(min(args.calibration_samples / len(train_all), 0.5), seed=0)
     if args.test_samples:
         test = test.subset(slice(0, args.test_samples))

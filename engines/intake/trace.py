@@ -14,6 +14,7 @@ a clean cut is remembered with the tensors that cross it, for the error message.
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
@@ -86,7 +87,7 @@ def trace_backbone(
 def _trace(net: nn.Module, source: str, leaf_types: tuple[type, ...], autowrap: tuple[object, ...]) -> fx.GraphModule:
     tracer = _Tracer(leaf_types, autowrap)
     try:
-        graph = tracer.trace(net)
+        graph = tracer.trace(net, concrete_args=_optional_inputs(net, source))
     except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TraceError(
@@ -94,6 +95,16 @@ def _trace(net: nn.Module, source: str, leaf_types: tuple[type, ...], autowrap: 
             "data-dependent control flow in forward() must become tensor operations"
         ) from exc
     return fx.GraphModule(tracer.root, graph, type(net).__name__)
+
+
+def _optional_inputs(net: nn.Module, source: str) -> dict[str, object]:
+    """forward's arguments after the image, fixed at their defaults (a mask, a flag):
+    traced as inputs they would cross every cut."""
+    params = list(inspect.signature(net.forward).parameters.values())[1:]
+    required = [p.name for p in params if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if required:
+        raise TraceError(f"{source}: forward() needs more than one input ({', '.join(required)}): only image classifiers can be cut")
+    return {p.name: p.default for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
 def _analyse(module: fx.GraphModule, shape: tuple[int, ...], source: str) -> _Graph:
