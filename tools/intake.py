@@ -43,12 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--input-shape C,H,W is needed to trace a network")
     kwargs = source_kwargs(args)
     network, backbone = _network(args, kwargs)
+    splits = _resolved(backbone, args.splits.split(",")) if args.splits else []
     points = measure_cut_points(backbone, rounds=args.rounds)
     print(_table(points))
     proposed = propose_splits(points, args.propose)
     print(f"proposed split points (even shares of the measured latency): {','.join(proposed)}")
-    if args.splits:
-        _check(args, network, backbone, args.splits.split(","))
+    if splits:
+        _check(args, network, backbone, splits)
     if args.json:
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps({"source": args.source, "input_shape": list(args.input_shape), "proposed": proposed,
@@ -70,12 +71,17 @@ def _network(args: argparse.Namespace, kwargs: dict[str, Any]) -> tuple[nn.Modul
     return None, build_backbone(args.source, args.num_classes, args.input_shape, kwargs, args.weights)
 
 
-def _check(args: argparse.Namespace, network: nn.Module | None, backbone: BlockBackbone, splits: list[str]) -> None:
+def _resolved(backbone: BlockBackbone, splits: list[str]) -> list[str]:
+    """The split points, each checked to be a clean cut before anything is timed."""
     try:
         for point in splits:
             backbone.resolve_split(point)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    return splits
+
+
+def _check(args: argparse.Namespace, network: nn.Module | None, backbone: BlockBackbone, splits: list[str]) -> None:
     images = np.random.default_rng(0).random((4, *args.input_shape), dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="edge-intake-") as tmp:
         if network is None:

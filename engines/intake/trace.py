@@ -14,7 +14,9 @@ a clean cut is remembered with the tensors that cross it, for the error message.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
@@ -109,12 +111,13 @@ def _optional_inputs(net: nn.Module, source: str) -> dict[str, object]:
 
 def _analyse(module: fx.GraphModule, shape: tuple[int, ...], source: str) -> _Graph:
     example = torch.rand(_CHECK_BATCH, *shape)
-    try:
-        with torch.no_grad():
+    try:  # ShapeProp prints a traceback before it raises: the error below says it in one line
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(module).propagate(example)
     except Exception as exc:  # whatever the network raises on a wrong shape
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TraceError(f"{source} does not take inputs of shape {shape} ({type(exc).__name__}: {first})") from exc
+        cause = exc.__cause__ or exc  # ShapeProp wraps it, naming the node
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise TraceError(f"{source} does not take inputs of shape {shape} ({type(cause).__name__}: {first})") from exc
     order = [n for n in module.graph.nodes if n.op not in _FREE_OPS]
     position = {n: i for i, n in enumerate(order)}
     last_use = {n: max((position[u] for u in n.users), default=-1) for n in order}

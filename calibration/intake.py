@@ -1,0 +1,80 @@
+"""One entry of the intake benchmark: a source traced and cut, every segment checked
+against the network in torch and onnxruntime, and the chain at full depth (exits off)
+timed against the static model at batch 1 through the real runtime, interleaved."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from calibration.data import Dataset
+from calibration.evaluate import StaticModel, measure_interleaved, runtime_config
+from edge.errors import UserError
+from edge.runtime import Runtime
+from engines.build import BuildOptions, build_engines
+from engines.intake.check import check_chain
+from engines.intake.cuts import cut_points
+from engines.intake.sources import traced_network
+from engines.partition import MultiExitNetwork
+
+
+@dataclass(frozen=True)
+class IntakeEntry:
+    source: str
+    input_shape: tuple[int, int, int]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    cuts: int = 3
+
+
+def spread_splits(backbone: Any, count: int) -> list[str]:
+    """`count` stage ends (the outermost level with enough stages), else block outputs,
+    spread evenly by position (no timing: the benchmark times the chain, not the choice)."""
+    last = len(backbone.blocks) - 1
+    stages = sorted((end, name) for name, end in backbone.stage_ends.items() if end < last)
+    for depth in sorted({name.count(".") for _, name in stages}):
+        level = [name for _, name in stages if name.count(".") == depth]
+        if len(level) >= count:
+            return _spread(level, count)
+    points = cut_points(backbone)
+    depth_cap = float(np.median([p.name.count(".") for p in points]))
+    return _spread([p.name for p in points if p.name.count(".") <= depth_cap], count)
+
+
+def _spread(names: list[str], count: int) -> list[str]:
+    picks = sorted({max(0, (k + 1) * (len(names) + 1) // (count + 1) - 1) for k in range(count)})
+    return [names[i] for i in picks]
+
+
+def measure_entry(entry: IntakeEntry, out_dir: Path, images: int = 300, seed: int = 0) -> dict[str, Any]:
+    """The intake.json record for one source (random weights: latency and equality only)."""
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    try:
+        network, backbone = traced_network(entry.source, 10, entry.input_shape, entry.kwargs)
+    except UserError as exc:
+        return {"source": entry.source, "input_shape": list(entry.input_shape), "error": str(exc)}
+    splits = spread_splits(backbone, entry.cuts)
+    rng = np.random.default_rng(seed)
+    data = Dataset(rng.random((images, *entry.input_shape), dtype=np.float32), rng.integers(0, 10, images), tuple(map(str, range(10))), "random")
+    check = check_chain(network, backbone, splits, out_dir / "chain", data.images[:4])
+    net = MultiExitNetwork(backbone, splits)
+    manifest = build_engines(net, out_dir / "engines", data.classes, data.images[:16], options=BuildOptions(name=entry.source, random_check_batches=1))
+    runtime = Runtime(out_dir / "engines")
+    static = StaticModel(manifest.path_of(manifest.static_model["file"]))  # type: ignore[index]
+    off = [None] * (net.num_exits - 1)
+    measured = measure_interleaved({"static": static.config(), "chain": runtime_config(runtime, off)}, data, progress=False, block=50)
+    runtime.close()
+    return {
+        "source": entry.source, "input_shape": list(entry.input_shape), "kwargs": entry.kwargs,
+        "cut_points": splits, "num_segments": net.num_exits,
+        "max_abs_diff_torch": check.torch_diff, "max_abs_diff_onnx": check.onnx_diff,
+        "max_segment_diff": max(check.segment_diffs), "equal": check.ok,
+        "static_ms": measured["static"].mean_ms, "chain_full_depth_ms": measured["chain"].mean_ms,
+        "chain_over_static": measured["chain"].mean_ms / measured["static"].mean_ms,
+        "blocks": len(backbone.blocks), "seconds": time.perf_counter() - started,
+    }
