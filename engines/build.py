@@ -130,9 +130,9 @@ def _check_batches(real_inputs: np.ndarray, random_batches: int) -> list[np.ndar
 
 
 def _check(module: torch.nn.Module, graph: ExportedGraph, batches: list[np.ndarray]) -> None:
-    diff = max_abs_diff_vs_torch(module, graph, batches)
+    diff = max_abs_diff_vs_torch(module, graph, batches, relative=True)
     if not diff <= TOLERANCE:
-        raise ExportMismatchError(f"{graph.path}: max |onnx - torch| = {diff:.3g} exceeds {TOLERANCE}")
+        raise ExportMismatchError(f"{graph.path}: max |onnx - torch| / max(1, |torch|) = {diff:.3g} exceeds {TOLERANCE}")
 
 
 def describe(

@@ -2,6 +2,7 @@
 
     edge-intake-bench --out docs/results/intake.json             # the whole list (about an hour on 2 cores)
     edge-intake-bench --out /tmp/intake.json --only resnet18,vit  # a subset
+    edge-intake-bench --out docs/results/intake.json --resume     # go on after an interruption
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from tools._cli import run_main
 SMALL = (3, 64, 64)
 LARGE = (3, 224, 224)
 ENTRIES = [
+    IntakeEntry("torchvision:resnet50", LARGE),
+    IntakeEntry("torchvision:mobilenet_v3_large", LARGE),
     *(IntakeEntry(f"torchvision:{name}", SMALL) for name in (
         "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2", "mobilenet_v3_large",
         "efficientnet_b0", "efficientnet_v2_s", "regnet_y_400mf", "convnext_tiny", "shufflenet_v2_x1_0",
@@ -30,8 +33,6 @@ ENTRIES = [
     IntakeEntry("timm:efficientnet_b0", SMALL),
     IntakeEntry("timm:deit_tiny_patch16_224", SMALL, {"img_size": 64}),
     IntakeEntry("module:tests.user_nets:TinyResNet", SMALL),
-    IntakeEntry("torchvision:resnet50", LARGE),
-    IntakeEntry("torchvision:mobilenet_v3_large", LARGE),
 ]
 
 
@@ -40,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("docs/results/intake.json"))
     p.add_argument("--only", default="", help="comma-separated substrings of the sources to run")
     p.add_argument("--images", type=int, default=300, help="batch-1 calls per configuration")
+    p.add_argument("--resume", action="store_true", help="keep the entries --out already holds and run the rest")
     return p.parse_args(argv)
 
 
@@ -48,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     set_threads()
     wanted = [w for w in args.only.split(",") if w]
     entries = [e for e in ENTRIES if not wanted or any(w in e.source for w in wanted)]
-    results = []
+    results = json.loads(args.out.read_text()) if args.resume and args.out.is_file() else []
+    done = {(r["source"], tuple(r["input_shape"])) for r in results}
+    entries = [e for e in entries if (e.source, e.input_shape) not in done]
     for entry in tqdm(entries, desc="architectures"):
         with tempfile.TemporaryDirectory(prefix="edge-intake-") as tmp:
             record = measure_entry(entry, Path(tmp), args.images)
