@@ -13,13 +13,11 @@ from torch import nn
 from edge.deps import require
 from engines.backbone import BlockBackbone, Normalize
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
 def _normalization(channels: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> dict[str, list[float]]:
+    from engines.intake.sources import default_normalization  # one default for every source
+
     if mean is None or std is None:
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ([0.5] * channels, [0.25] * channels)
+        return default_normalization(channels)
     return {"mean": list(mean), "std": list(std)}
 
 

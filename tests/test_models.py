@@ -167,7 +167,8 @@ def test_mobilenet_stages_follow_channel_changes() -> None:
 
 def test_torchvision_resnet_three_channel_large_input_keeps_stem() -> None:
     pytest.importorskip("torchvision", reason="torchvision (the 'vision' extra) is not installed")
-    from engines.torchvision_models import IMAGENET_MEAN, torchvision_resnet
+    from engines.intake.sources import IMAGENET_MEAN
+    from engines.torchvision_models import torchvision_resnet
 
     net = torchvision_resnet("resnet18", num_classes=5, input_shape=(3, 96, 96)).eval()
     assert net.normalization["mean"] == IMAGENET_MEAN
