@@ -1,7 +1,9 @@
 """Adaptive depth (seed 003): every residual stage = a mandatory sub-path + a skippable one.
 
-`make_adaptive` regroups a BlockBackbone's blocks by stage. The first blocks of a stage
-are mandatory; its last blocks form the skippable sub-path. Every BN layer in the
+`make_adaptive` regroups a BlockBackbone's blocks by stage (the zoo's, or a traced
+network's nn.Sequential stages: torchvision's `layer1`..`layer4`). The first blocks of
+a stage are mandatory; its last blocks, residual and shape-keeping, form the skippable
+sub-path. Every BN layer in the
 mandatory blocks becomes skip-aware: a second set of BN parameters and statistics,
 used when the stage's skippable half is skipped, because the features reaching the
 next stage then come through fewer layers.
@@ -15,13 +17,16 @@ from __future__ import annotations
 
 import copy
 import itertools
+import operator
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from torch import nn
+from torch import fx, nn
 
+from edge.errors import UserError
 from edge.manifest import FULL, SKIP, depth_problem
-from engines.backbone import BlockBackbone
+from engines.backbone import BlockBackbone, FeatureInfo
 
 
 class SkipAwareBatchNorm2d(nn.Module):
@@ -119,44 +124,112 @@ def check_depth(config: str, names: Sequence[str], skippable: Sequence[int]) -> 
         raise ValueError(problem)
 
 
-def default_skippable(blocks_per_stage: Sequence[int]) -> list[int]:
-    """The second half of every stage (the mandatory half gets the extra block)."""
-    return [n // 2 for n in blocks_per_stage]
+@dataclass(frozen=True)
+class DepthStage:
+    """A stage adaptive depth regroups by: blocks `first`..`last` of the backbone."""
+
+    name: str
+    first: int
+    last: int
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
+
+
+def depth_stages(backbone: BlockBackbone, info: Sequence[FeatureInfo] | None = None) -> list[DepthStage]:
+    """The stages adaptive depth regroups by, in order. A traced network's stages nest
+    (ConvNeXt's `features` holds `features.1`, an MBConv holds its `block`): a stage is
+    kept unless it holds a stage that can skip, or it cannot skip and lies in another."""
+    info = backbone.feature_info() if info is None else info
+    spans = {(backbone.stage_starts[n], end): n for n, end in sorted(backbone.stage_ends.items(), key=lambda i: i[1], reverse=True)}
+    stages = [DepthStage(name, first, last) for (first, last), name in spans.items()]
+    skips = {s: _default_skip(backbone, info, s) > 0 for s in stages}
+    inside = {s: [o for o in stages if o != s and s.first <= o.first and o.last <= s.last] for s in stages}
+    outer = {s: [o for o in stages if s in inside[o]] for s in stages}
+    kept = [s for s in stages if not any(skips[o] for o in inside[s]) and (skips[s] or not outer[s])]
+    return sorted(kept, key=lambda s: s.first)
 
 
 def make_adaptive(backbone: BlockBackbone, skippable: Sequence[int] | None = None) -> AdaptiveBackbone:
     """Regroup `backbone` (weights shared, not copied) into adaptive stages; `skippable[s]`
-    trailing blocks of stage s can be skipped. Those blocks must keep the feature shape."""
-    ends = sorted(backbone.stage_ends.values())
-    if not ends or ends[-1] != len(backbone.blocks) - 1:
-        raise ValueError("the backbone's stages must cover all its blocks")
-    starts = [0] + [e + 1 for e in ends[:-1]]
-    sizes = [e - s + 1 for s, e in zip(starts, ends)]
-    skippable = list(skippable) if skippable is not None else default_skippable(sizes)
-    if len(skippable) != len(sizes):
-        raise ValueError(f"need one skippable count per stage ({len(sizes)}), got {len(skippable)}")
+    trailing blocks of stage s can be skipped (default: half the stage, as far as its
+    last blocks are residual and keep the feature shape). Blocks before the first stage
+    join the stem, blocks between stages lead the next one, blocks after the last join
+    the head. A network with no stage that can skip is refused with the reason."""
     info = backbone.feature_info()
-    stages, names = [], []
-    name_of = {end: name for name, end in backbone.stage_ends.items()}
-    for start, end, n in zip(starts, ends, skippable):
-        if not 0 <= n < end - start + 1:
-            raise ValueError(f"stage {name_of[end]} has {end - start + 1} blocks: it can skip 0 to {end - start}, not {n}")
-        first_skipped = end + 1 - n
-        _check_shape_preserving(info, first_skipped, end, name_of[end])
-        blocks = list(backbone.blocks[start : end + 1])
-        stages.append(AdaptiveStage(blocks[: len(blocks) - n], blocks[len(blocks) - n :]))
-        names.append(name_of[end])
-    return AdaptiveBackbone(
-        backbone.stem, stages, backbone.head, names, {name: i for i, name in enumerate(names)},
-        backbone.input_shape, backbone.normalization,
+    stages = depth_stages(backbone, info)
+    if not stages:
+        raise AdaptiveDepthError("adaptive depth needs stages (an nn.Sequential of two or more blocks) and the network has none")
+    if skippable is None:
+        skippable = [_default_skip(backbone, info, s) for s in stages]
+        if not any(skippable):
+            reasons = "; ".join(_why_fixed(backbone, info, s) for s in stages)
+            raise AdaptiveDepthError(f"adaptive depth does not apply: no stage ends in residual blocks that keep the feature shape ({reasons})")
+    skippable = list(skippable)
+    if len(skippable) != len(stages):
+        raise AdaptiveDepthError(f"need one skippable count per stage ({len(stages)}), got {len(skippable)}")
+    blocks = list(backbone.blocks)
+    groups = []
+    for k, (stage, n) in enumerate(zip(stages, skippable)):
+        if not 0 <= n < stage.size:
+            raise AdaptiveDepthError(f"stage {stage.name} has {stage.size} blocks: it can skip 0 to {stage.size - 1}, not {n}")
+        for block in range(stage.last + 1 - n, stage.last + 1):
+            problem = _skip_problem(backbone, info, block)
+            if problem:
+                raise AdaptiveDepthError(f"stage {stage.name}: block {block} ({backbone.block_names[block]}) {problem}, so it cannot be skipped")
+        lead = stages[k - 1].last + 1 if k else stage.first
+        members = blocks[lead : stage.last + 1]
+        groups.append(AdaptiveStage(members[: len(members) - n], members[len(members) - n :]))
+    first, last = stages[0].first, stages[-1].last
+    stem = nn.Sequential(backbone.stem, *blocks[:first]) if first else backbone.stem
+    head = nn.Sequential(*blocks[last + 1 :], backbone.head) if last < len(blocks) - 1 else backbone.head
+    names = [s.name for s in stages]
+    return AdaptiveBackbone(stem, groups, head, names, {name: i for i, name in enumerate(names)},
+                            backbone.input_shape, backbone.normalization)
+
+
+class AdaptiveDepthError(UserError, ValueError):
+    """A network (or a choice of skippable blocks) adaptive depth cannot use, and why."""
+
+
+def _default_skip(backbone: BlockBackbone, info: Sequence[FeatureInfo], stage: DepthStage) -> int:
+    """Half the stage's blocks, as far as its last blocks can be skipped."""
+    n = 0
+    while n < stage.size // 2 and not _skip_problem(backbone, info, stage.last - n):
+        n += 1
+    return n
+
+
+def _why_fixed(backbone: BlockBackbone, info: Sequence[FeatureInfo], stage: DepthStage) -> str:
+    if stage.size < 2:
+        return f"{stage.name} has one block"
+    return f"{stage.name} ends in {backbone.block_names[stage.last]}, which {_skip_problem(backbone, info, stage.last)}"
+
+
+def _skip_problem(backbone: BlockBackbone, info: Sequence[FeatureInfo], block: int) -> str | None:
+    """Why a block cannot be left out, or None: without it the next block must get
+    what it would have got, and a residual block's input already carries its meaning."""
+    if block == 0 or info[block].shape != info[block - 1].shape:
+        return "changes the feature shape"
+    if not _has_identity_path(backbone.blocks[block]):
+        return "is not a residual block (no x + f(x))"
+    return None
+
+
+_ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}
+
+
+def _has_identity_path(block: nn.Module) -> bool:
+    """A traced block shows in its graph whether its input is added to its output; the
+    zoo's stage blocks are residual by construction."""
+    if not isinstance(block, fx.GraphModule):
+        return True
+    inputs = {n for n in block.graph.nodes if n.op == "placeholder"}
+    return any(
+        n.op in ("call_function", "call_method") and n.target in _ADDS and any(a in inputs for a in n.args)
+        for n in block.graph.nodes
     )
-
-
-def _check_shape_preserving(info: Sequence[object], first: int, last: int, stage: str) -> None:
-    shapes = [i.shape for i in info]  # type: ignore[attr-defined]
-    for block in range(first, last + 1):
-        if block == 0 or shapes[block] != shapes[block - 1]:
-            raise ValueError(f"stage {stage}: block {block} changes the feature shape, so it cannot be skipped")
 
 
 def _make_skip_aware(module: nn.Module) -> None:

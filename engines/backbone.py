@@ -51,7 +51,8 @@ class BlockBackbone(nn.Module):
     """A classifier written as `head(blocks[-1](...blocks[0](stem(x))))`.
 
     `block_names` name each block (e.g. "layer2.1"); `stage_ends` maps a stage name
-    to the index of its last block so split points can be given per stage; `aliases`
+    to the index of its last block so split points can be given per stage, and
+    `stage_starts` to its first (default: right after the stage before); `aliases`
     maps other names of a block's output (a traced network's module paths and node
     names) to its index, and `refusals` says why a name is not a place to split.
     """
@@ -67,6 +68,7 @@ class BlockBackbone(nn.Module):
         normalization: dict[str, list[float]],
         aliases: dict[str, int] | None = None,
         refusals: dict[str, str] | None = None,
+        stage_starts: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         if len(blocks) != len(block_names):
@@ -76,6 +78,7 @@ class BlockBackbone(nn.Module):
         self.head = head
         self.block_names = list(block_names)
         self.stage_ends = dict(stage_ends)
+        self.stage_starts = dict(stage_starts) if stage_starts is not None else _contiguous_starts(stage_ends)
         self.input_shape = tuple(input_shape)
         self.normalization = normalization
         self.aliases = dict(aliases or {})
@@ -122,3 +125,9 @@ class BlockBackbone(nn.Module):
                 f"(0..{len(self.blocks) - 2}); the last block feeds the final classifier"
             )
         return index
+
+
+def _contiguous_starts(stage_ends: dict[str, int]) -> dict[str, int]:
+    """Each stage starting right after the one before (the zoo's stages cover every block)."""
+    ordered = sorted(stage_ends.items(), key=lambda item: item[1])
+    return {name: (ordered[k - 1][1] + 1 if k else 0) for k, (name, _) in enumerate(ordered)}

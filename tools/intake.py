@@ -8,6 +8,7 @@ propose split points, and check a cut (the chained segments against the network)
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -18,9 +19,10 @@ from torch import nn
 
 from edge.atomic import atomic_path
 from edge.errors import UserError
+from engines.adaptive import AdaptiveDepthError, make_adaptive
+from engines.backbone import BlockBackbone
 from engines.intake.check import TOLERANCE, check_chain
 from engines.intake.cuts import CutPoint, measure_cut_points, propose_splits
-from engines.backbone import BlockBackbone
 from engines.intake.sources import Source, build_backbone, traced_network
 from tools._cli import run_main
 from tools._source_args import add_source_args, source_kwargs
@@ -48,12 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(points))
     proposed = propose_splits(points, args.propose)
     print(f"proposed split points (even shares of the measured latency): {','.join(proposed)}")
+    depth = adaptive_depth(backbone)
+    print(f"adaptive depth: {_depth_line(depth)}")
     if splits:
         _check(args, network, backbone, splits)
     if args.json:
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps({"source": args.source, "input_shape": list(args.input_shape), "proposed": proposed,
-                                       "cut_points": [p.to_dict() for p in points]}, indent=2) + "\n")
+                                       "adaptive_depth": depth, "cut_points": [p.to_dict() for p in points]}, indent=2) + "\n")
     return 0
 
 
@@ -62,6 +66,22 @@ def _table(points: list[CutPoint]) -> str:
     for p in points:
         rows.append(f"{p.index:>3}  {p.name:<36} {'x'.join(map(str, p.shape)):<18} {p.prefix_ms:>9.3f} {p.prefix_share:>6.1%}  {', '.join(p.aliases)}")
     return "\n".join(rows)
+
+
+def adaptive_depth(backbone: BlockBackbone) -> dict[str, Any]:
+    """The stages adaptive depth would use and what each can skip, or why it does not apply."""
+    try:
+        adaptive = make_adaptive(copy.deepcopy(backbone))  # it makes the BNs it regroups skip-aware
+    except AdaptiveDepthError as exc:
+        return {"refused": str(exc)}
+    return {"stages": adaptive.block_names, "skippable": adaptive.skippable}
+
+
+def _depth_line(depth: dict[str, Any]) -> str:
+    if "refused" in depth:
+        return f"no: {depth['refused']}"
+    stages = ", ".join(f"{name} (skips {n})" for name, n in zip(depth["stages"], depth["skippable"]))
+    return f"stages {stages}; edge-train-adaptive trains it"
 
 
 def _network(args: argparse.Namespace, kwargs: dict[str, Any]) -> tuple[nn.Module | None, BlockBackbone]:

@@ -2,6 +2,8 @@
 
     edge-train-adaptive --arch resnet32 --out runs/adaptive --epochs 2
     edge-train-adaptive --init runs/bench/resnet20/static.pt --out runs/adaptive   # fine-tune
+    edge-train-adaptive --source torchvision:resnet18 --weights mine.pth --input-shape 3,64,64 \
+        --data folder:images --out runs/mine-adn                                   # your network
     torchrun --nproc_per_node 2 -m tools.train_adaptive --out runs/adaptive      # DDP, gloo
 
 Writes adaptive.pt (the backbone) and, with --exit-epochs > 0, adaptive-exits.pt (exit
@@ -12,6 +14,7 @@ and base-net depths), then prints the test accuracy of every depth configuration
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 from pathlib import Path
 
@@ -19,19 +22,22 @@ from calibration import pipeline
 from calibration.adaptive import SelfDistillation, depth_accuracies
 from calibration.data import Dataset, load_dataset
 from calibration.train import TrainConfig, exit_accuracies, set_threads
+from edge.atomic import sha256_file
 from edge.backends.onnxruntime_backend import online_cores
 from edge.errors import UserError
-from engines.adaptive import make_adaptive
+from engines.adaptive import depth_stages, make_adaptive
 from engines.backbone import BlockBackbone
-from engines.checkpoint import ModelSpec
+from engines.checkpoint import ModelSpec, load_checkpoint
 from engines.registry import list_backbones
 from tools._cli import run_main
+from tools._source_args import add_source_args, source_kwargs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="edge-train-adaptive", description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="resnet20", choices=list_backbones(), help="ignored with --init")
-    p.add_argument("--init", type=Path, help="a plain backbone checkpoint to fine-tune (default: train from scratch)")
+    add_source_args(p, default_source="resnet20")
+    p.add_argument("--arch", dest="source", help="the same as --source (a zoo name: " + ", ".join(list_backbones()) + ")")
+    p.add_argument("--init", type=Path, help="a plain backbone checkpoint to fine-tune (default: --weights, else from scratch)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--skippable", help="blocks each stage can skip, comma-separated (default: half of each stage)")
@@ -51,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = _start_distributed()
     try:
         set_threads(max(1, online_cores() // world))
-        train = load_dataset(args.data, "train")
+        train = _train_data(args)
         if args.train_samples:
             train = train.subset(slice(0, args.train_samples))
         spec, init = _spec_and_init(args, train)
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _finish(args: argparse.Namespace, spec: ModelSpec, backbone: BlockBackbone, train: Dataset, cfg: TrainConfig) -> None:
-    test = load_dataset(args.data, "test")
+    test = load_dataset(args.data, "test", train.input_shape, train.classes, crop=args.crop)
     print(f"adaptive backbone -> {args.out / 'adaptive.pt'}")
     for depth, accuracy in depth_accuracies(backbone, test).items():  # type: ignore[arg-type]
         print(f"  depth {depth}: test accuracy {accuracy:.2%}")
@@ -81,14 +87,28 @@ def _finish(args: argparse.Namespace, spec: ModelSpec, backbone: BlockBackbone, 
             print(f"  exits at depth {depth}: {accs} -> {args.out / 'adaptive-exits.pt'}")
 
 
+def _train_data(args: argparse.Namespace) -> Dataset:
+    """The training split, fitted to the --init checkpoint's input if there is one."""
+    if args.init is None:
+        return load_dataset(args.data, "train", args.input_shape, crop=args.crop)
+    spec, _, _ = load_checkpoint(args.init)
+    return load_dataset(args.data, "train", spec.input_shape, spec.classes, crop=args.crop)
+
+
 def _spec_and_init(args: argparse.Namespace, train: Dataset) -> tuple[ModelSpec, BlockBackbone | None]:
-    init = None
+    """The spec with its skippable counts, and the backbone to fine-tune (None: from scratch)."""
+    if args.init is not None and args.weights is not None:
+        raise UserError("give --init (a checkpoint of this project) or --weights (yours), not both")
     if args.init is not None:
         spec, init = pipeline.plain_checkpoint(args.init, train)
     else:
-        spec = pipeline.backbone_spec(args.arch, train)
-    plain = spec.build_backbone()
-    spec.skippable = _parse_counts(args.skippable, len(plain.stage_ends)) if args.skippable else make_adaptive(plain).skippable
+        spec = pipeline.backbone_spec(args.source, train, **source_kwargs(args))
+        init = spec.build_backbone(args.weights) if args.weights is not None else None
+        if args.weights is not None:
+            spec.weights_sha256 = sha256_file(args.weights)
+    plain = copy.deepcopy(init) if init is not None else spec.build_backbone()  # make_adaptive makes its BNs skip-aware
+    stages = len(depth_stages(plain))
+    spec.skippable = _parse_counts(args.skippable, stages) if args.skippable else make_adaptive(plain).skippable
     return spec, init
 
 

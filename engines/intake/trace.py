@@ -77,10 +77,12 @@ def trace_backbone(
     blocks = _pieces(graph, [0, *cuts])
     head = _piece(graph, cuts[-1], len(graph.order) - 2)
     index = {name: k for k, name in enumerate(names)}
-    stages = {s: index[names[cuts.index(end)]] for s, end in _stages(graph, cuts, net).items()}
+    stages = _stages(graph, cuts, net)
     backbone = BlockBackbone(
-        Normalize(normalization["mean"], normalization["std"]), blocks, head, names, stages, shape, normalization,
+        Normalize(normalization["mean"], normalization["std"]), blocks, head, names,
+        {s: index[names[cuts.index(end)]] for s, (_, end) in stages.items()}, shape, normalization,
         aliases={a: k for k, group in enumerate(aliases) for a in group}, refusals=_refusals(graph, set(cuts)),
+        stage_starts={s: sum(c < first for c in cuts) for s, (first, _) in stages.items()},
     )
     _check_same(backbone.eval(), net, normalization, shape, source)
     return backbone
@@ -189,20 +191,31 @@ def _names(graph: _Graph, cuts: list[int], net: nn.Module) -> tuple[list[str], l
     return names, aliases
 
 
-def _stages(graph: _Graph, cuts: list[int], net: nn.Module) -> dict[str, int]:
-    """nn.Sequential modules of two or more blocks, each ending at a cut: the stages
-    (adaptive depth regroups by them). Maps the stage to the position of its last cut."""
+def _stages(graph: _Graph, cuts: list[int], net: nn.Module) -> dict[str, tuple[int, int]]:
+    """nn.Sequential modules (or subclasses: regnet's AnyStage) of two or more blocks,
+    each ending at a cut: the stages (adaptive depth regroups by them). Maps the stage
+    to the positions of its first node and of its last cut."""
     ends = _module_ends(graph)
+    starts = _module_starts(graph)
     position = {n: i for i, n in enumerate(graph.order)}
     cut_set = set(cuts)
     stages = {}
     for path, module in net.named_modules():
-        if type(module) is not nn.Sequential or len(module) < 2 or path not in ends:
+        if not isinstance(module, nn.Sequential) or len(module) < 2 or path not in ends:
             continue
         children = [f"{path}.{name}" for name, _ in module.named_children()]
         if all(c in ends and position[ends[c]] in cut_set for c in children):
-            stages[path] = position[ends[path]]
+            stages[path] = (position[starts[path]], position[ends[path]])
     return stages
+
+
+def _module_starts(graph: _Graph) -> dict[str, fx.Node]:
+    """Module path -> the first node computed inside it."""
+    starts: dict[str, fx.Node] = {}
+    for node in graph.order:
+        for key in node.meta.get("nn_module_stack") or {}:
+            starts.setdefault(key, node)
+    return starts
 
 
 def _refusals(graph: _Graph, cuts: set[int]) -> dict[str, str]:
