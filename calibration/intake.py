@@ -19,16 +19,19 @@ from edge.runtime import Runtime
 from engines.build import BuildOptions, build_engines
 from engines.intake.check import check_chain
 from engines.intake.cuts import cut_points
-from engines.intake.sources import traced_network
+from engines.intake.sources import Source, build_backbone, traced_network
 from engines.partition import MultiExitNetwork
 
 
 @dataclass(frozen=True)
 class IntakeEntry:
+    """A source to measure; `splits` fixes the cut points (default: `cuts` spread ones)."""
+
     source: str
     input_shape: tuple[int, int, int]
     kwargs: dict[str, Any] = field(default_factory=dict)
     cuts: int = 3
+    splits: tuple[str, ...] = ()
 
 
 def spread_splits(backbone: Any, count: int) -> list[str]:
@@ -50,18 +53,25 @@ def _spread(names: list[str], count: int) -> list[str]:
     return [names[i] for i in picks]
 
 
+def _network(entry: IntakeEntry) -> tuple[Any, Any]:
+    """The traced network and its backbone; a zoo network (cut by hand) is its own backbone."""
+    if Source.parse(entry.source).traced:
+        return traced_network(entry.source, 10, entry.input_shape, entry.kwargs)
+    return None, build_backbone(entry.source, 10, entry.input_shape, entry.kwargs)
+
+
 def measure_entry(entry: IntakeEntry, out_dir: Path, images: int = 300, seed: int = 0) -> dict[str, Any]:
     """The intake.json record for one source (random weights: latency and equality only)."""
     torch.manual_seed(seed)
     started = time.perf_counter()
     try:
-        network, backbone = traced_network(entry.source, 10, entry.input_shape, entry.kwargs)
+        network, backbone = _network(entry)
     except UserError as exc:
         return {"source": entry.source, "input_shape": list(entry.input_shape), "error": str(exc)}
-    splits = spread_splits(backbone, entry.cuts)
+    splits = list(entry.splits) or spread_splits(backbone, entry.cuts)
     rng = np.random.default_rng(seed)
     data = Dataset(rng.random((images, *entry.input_shape), dtype=np.float32), rng.integers(0, 10, images), tuple(map(str, range(10))), "random")
-    check = check_chain(network, backbone, splits, out_dir / "chain", data.images[:4])
+    check = check_chain(network or backbone, backbone, splits, out_dir / "chain", data.images[:4], normalized=network is not None)
     net = MultiExitNetwork(backbone, splits)
     manifest = build_engines(net, out_dir / "engines", data.classes, data.images[:16], options=BuildOptions(name=entry.source, random_check_batches=1))
     runtime = Runtime(out_dir / "engines")

@@ -93,6 +93,21 @@ def test_weights_load_strictly_from_a_state_dict_or_a_checkpoint_dict(tmp_path: 
     torch.testing.assert_close(build_backbone(USER, 10, SHAPE, weights=tmp_path / "ddp.pth")(x), expected)
 
 
+def test_the_intake_benchmark_writes_its_entry_and_plot_and_resumes(tmp_path: Path) -> None:
+    import json
+
+    from tools import intake_bench
+
+    out = tmp_path / "intake.json"
+    assert run_main(intake_bench.main, ["--out", str(out), "--only", "TinyResNet", "--images", "10"]) == 0
+    [entry] = json.loads(out.read_text())
+    assert entry["source"] == USER and entry["input_shape"] == [3, 64, 64] and entry["num_segments"] == 4
+    assert entry["equal"] and entry["max_abs_diff_onnx"] <= TOLERANCE and entry["static_ms"] > 0 and entry["chain_full_depth_ms"] > 0
+    assert (tmp_path / "intake.png").stat().st_size > 0
+    assert run_main(intake_bench.main, ["--out", str(out), "--only", "TinyResNet", "--resume"]) == 0
+    assert json.loads(out.read_text()) == [entry]  # kept, not measured again
+
+
 # --- what cannot come in: one line each ------------------------------------------------------
 
 def _fails(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:

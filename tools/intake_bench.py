@@ -18,12 +18,18 @@ from calibration.intake import IntakeEntry, measure_entry
 from calibration.train import set_threads
 from edge.atomic import atomic_path
 from tools._cli import run_main
+from tools._plot import pyplot, save
 
 SMALL = (3, 64, 64)
 LARGE = (3, 224, 224)
 ENTRIES = [
     IntakeEntry("torchvision:resnet50", LARGE),
     IntakeEntry("torchvision:mobilenet_v3_large", LARGE),
+    # The same cuts through the zoo's hand-cut networks and through tracing: the mechanism's own cost.
+    IntakeEntry("tv_resnet18", LARGE, splits=("layer1", "layer2", "layer3")),
+    IntakeEntry("torchvision:resnet18", LARGE, splits=("layer1", "layer2", "layer3")),
+    IntakeEntry("tv_mobilenet_v2", LARGE, splits=("stage2", "stage4", "stage5")),
+    IntakeEntry("torchvision:mobilenet_v2", LARGE, splits=("features.3", "features.10", "features.13")),
     *(IntakeEntry(f"torchvision:{name}", SMALL) for name in (
         "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2", "mobilenet_v3_large",
         "efficientnet_b0", "efficientnet_v2_s", "regnet_y_400mf", "convnext_tiny", "shufflenet_v2_x1_0",
@@ -42,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="", help="comma-separated substrings of the sources to run")
     p.add_argument("--images", type=int, default=300, help="batch-1 calls per configuration")
     p.add_argument("--resume", action="store_true", help="keep the entries --out already holds and run the rest")
+    p.add_argument("--plot", type=Path, default=None, help="the chain-over-static bar chart (default: --out with .png)")
     return p.parse_args(argv)
 
 
@@ -58,9 +65,42 @@ def main(argv: list[str] | None = None) -> int:
             record = measure_entry(entry, Path(tmp), args.images)
         results.append(record)
         print(_line(record), flush=True)
-        with atomic_path(args.out) as out:  # after every entry: a long run keeps what it measured
-            out.write_text(json.dumps(results, indent=2) + "\n")
+        _write(results, args.out)  # after every entry: a long run keeps what it measured
+    _write(results, args.out)
+    plot = args.plot or args.out.with_suffix(".png")
+    plot_chain_costs(results, plot)
+    print(f"{len(results)} architectures -> {args.out}, {plot}")
     return 0
+
+
+def _write(results: list[dict], path: Path) -> None:  # type: ignore[type-arg]
+    results.sort(key=_position)  # a resumed run still reads in the list's order
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def plot_chain_costs(results: list[dict], path: Path) -> None:  # type: ignore[type-arg]
+    """One bar per architecture: the chain at full depth over the static model."""
+    plt = pyplot()
+    labels = [f"{r['source']} {'x'.join(map(str, r['input_shape']))}" for r in results]
+    ratios = [r.get("chain_over_static", 0.0) for r in results]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(results) + 1.2))
+    ax.barh(labels, ratios, color=["tab:red" if "error" in r else "tab:blue" for r in results])
+    for y, r in enumerate(results):
+        if "error" in r:
+            ax.text(0.02, y, "cannot be cut", va="center")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.axvline(1.05, color="grey", linestyle="--", linewidth=0.8)
+    ax.invert_yaxis()
+    ax.set_xlim(0.8, max([1.3, *ratios]) + 0.05)
+    ax.set_xlabel("chain at full depth / static model (onnxruntime, batch 1)")
+    save(fig, path)
+
+
+def _position(record: dict) -> int:  # type: ignore[type-arg]
+    keys = [(e.source, e.input_shape) for e in ENTRIES]
+    key = (record["source"], tuple(record["input_shape"]))
+    return keys.index(key) if key in keys else len(keys)
 
 
 def _line(r: dict) -> str:  # type: ignore[type-arg]
