@@ -22,16 +22,19 @@ section: version, GPU name, compute capability and a plan per ONNX file, hashed.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from edge.atomic import atomic_path, sha256_file
 from edge.backends.tensorrt_backend import plan_key
-from edge.errors import EdgeError, ManifestError, MissingDependencyError, UserError
+from edge.backends.tensorrt_device import device_identity, device_record, tensorrt_module
+from edge.errors import EdgeError, ManifestError, UserError
 from edge.manifest import MANIFEST_NAME, Manifest, SegmentInfo, save_manifest
 
 PRECISIONS = ("fp32", "fp16", "int8")
+log = logging.getLogger(__name__)
 
 
 class TensorRTBuildError(EdgeError):
@@ -124,25 +127,6 @@ def qdq_problems(model: Any) -> list[str]:
     return problems
 
 
-def device_record(version: str, gpu: str, compute_capability: str) -> dict[str, str]:
-    return {"version": version, "gpu": gpu, "compute_capability": compute_capability}
-
-
-def check_compatible(recorded: dict[str, Any] | None, version: str, gpu: str, compute_capability: str) -> None:
-    """Refuse plans built by another TensorRT or for another GPU, saying which."""
-    if not recorded:
-        raise ManifestError("the manifest has no TensorRT plans: build them on this device with edge-device-check --build")
-    problems = []
-    if recorded.get("version") != version:
-        problems.append(f"built with TensorRT {recorded.get('version')}, this is {version}")
-    if recorded.get("compute_capability") != compute_capability:
-        problems.append(f"built for compute capability {recorded.get('compute_capability')}, this GPU is {compute_capability}")
-    if recorded.get("gpu") != gpu:
-        problems.append(f"built on {recorded.get('gpu')!r}, this GPU is {gpu!r}")
-    if problems:
-        raise ManifestError("TensorRT plans do not fit this device (" + "; ".join(problems) + "): rebuild them here")
-
-
 def engine_files(manifest: Manifest, plan: PrecisionPlan) -> list[tuple[str, SegmentInfo]]:
     """Every ONNX file a plan is built from, with its segment: each segment's file at the
     plan's variant, and each base variant (fp32 only, as the manifest allows)."""
@@ -155,10 +139,9 @@ def plan_name(onnx_file: str, precision: str) -> str:
     return f"{Path(onnx_file).stem}.{precision}.plan"
 
 
-
 def build_tensorrt_engines(manifest: Manifest, options: TrtBuildOptions = TrtBuildOptions()) -> Manifest:
     """Build every plan on this device and record them in the manifest (saved)."""
-    trt = _tensorrt()
+    trt = tensorrt_module()
     plan = precision_plan(options.precision, trt.__version__, [f for f in dir(trt.BuilderFlag) if not f.startswith("_")],
                           sorted(set.intersection(*(set(s.variants) for s in manifest.segments))))
     logger = trt.Logger(trt.Logger.WARNING)
@@ -206,7 +189,7 @@ def build_plan(
         raise TensorRTBuildError(f"{onnx_path}: TensorRT cannot parse it ({errors})")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
-    config.set_timing_cache(cache, ignore_mismatch=True)
+    config.set_timing_cache(cache, ignore_mismatch=False)  # _timing_cache made sure it is this device's
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, min=shapes[0], opt=shapes[1], max=shapes[2])
     config.add_optimization_profile(profile)
@@ -224,38 +207,16 @@ def build_plan(
     return bytes(serialized)
 
 
-def device_identity() -> tuple[str, str, str]:
-    """(TensorRT version, GPU name, compute capability) of this process's device."""
-    trt = _tensorrt()
-    cuda, _ = cuda_context()
-    device = cuda.Device(0)
-    major, minor = device.compute_capability()
-    return trt.__version__, device.name(), f"{major}.{minor}"
-
-
-_PRIMARY: tuple[Any, Any] | None = None
-
-
-def cuda_context() -> tuple[Any, Any]:
-    """(pycuda.driver, device 0's retained primary context): the context torch and
-    TensorRT use too. It is current per thread, so callers push and pop it around work."""
-    global _PRIMARY
-    if _PRIMARY is None:
-        try:
-            import pycuda.driver as cuda
-        except ImportError:
-            raise MissingDependencyError("pycuda is not installed (the 'jetson' extra)") from None
-        cuda.init()
-        if cuda.Device.count() == 0:
-            raise MissingDependencyError("no CUDA device is visible")
-        _PRIMARY = (cuda, cuda.Device(0).retain_primary_context())
-    return _PRIMARY
-
-
 def _timing_cache(builder: Any, path: Path | None) -> Any:
+    """The cache at `path` if it was made on this device and TensorRT, else a new one: a
+    cache from another device can give wrong results (TensorRT's own warning)."""
     config = builder.create_builder_config()
     data = path.read_bytes() if path is not None and path.is_file() else b""
-    return config.create_timing_cache(data)
+    cache = config.create_timing_cache(data)
+    if data and not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("%s: timing cache from another device or TensorRT version, not used; a new one replaces it", path)
+        cache = config.create_timing_cache(b"")
+    return cache
 
 
 def _refuse_asymmetric(path: Path) -> None:
@@ -265,13 +226,3 @@ def _refuse_asymmetric(path: Path) -> None:
     if problems:
         raise UserError(f"{path}: not a TensorRT INT8 graph ({problems[0]}; {len(problems)} such nodes). "
                         "Quantize with symmetric int8 activations and weights")
-
-
-def _tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingDependencyError("TensorRT is not installed: on a Jetson use JetPack's python3-libnvinfer") from None
-    return tensorrt
-
-

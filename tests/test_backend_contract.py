@@ -27,7 +27,7 @@ def tensorrt_missing() -> str | None:
     except ImportError as exc:
         return f"needs TensorRT and pycuda on an NVIDIA GPU ({exc.name} is not installed)"
     try:
-        from engines.tensorrt_build import device_identity
+        from edge.backends.tensorrt_device import device_identity
 
         device_identity()
     except Exception as exc:  # no driver, no device

@@ -3,6 +3,10 @@ Q/DQ checks, buffer sizing, device gathers, plan bookkeeping, the onnxruntime GP
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +15,11 @@ import pytest
 from edge.atomic import sha256_file
 from edge.backends.onnxruntime_backend import OnnxRuntimeBackend, gpu_providers
 from edge.backends.tensorrt_backend import buffer_bytes, plan_for, plan_key, row_copies
+from edge.backends.tensorrt_device import check_compatible, device_record
 from edge.errors import ManifestError, MissingDependencyError, UserError
 from edge.manifest import load_manifest
 from engines.tensorrt_build import (
-    PrecisionPlan, TrtBuildOptions, check_compatible, device_record, engine_files, plan_name, precision_plan, profile_shapes, qdq_problems,
+    PrecisionPlan, TrtBuildOptions, engine_files, plan_name, precision_plan, profile_shapes, qdq_problems,
 )
 from tests.conftest import read_manifest_json, write_manifest_json
 from tests.test_adaptive import adaptive_built, adaptive_net  # noqa: F401 - fixtures
@@ -165,3 +170,65 @@ def test_the_device_check_says_what_it_needs(built_dir: Path, capsys: pytest.Cap
     assert run_main(device_check.main, ["--engines", str(built_dir), "--data", "digits"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "TensorRT is not installed" in err
+
+
+# --- no GPU, no driver: one line each ------------------------------------------------------------
+
+def _pycuda_package(root: Path, driver_py: str) -> None:
+    """A package laid out as pycuda is (driver.py re-exports the compiled _driver)."""
+    (root / "pycuda").mkdir()
+    (root / "pycuda" / "__init__.py").write_text("")
+    (root / "pycuda" / "driver.py").write_text(driver_py)
+
+
+@pytest.fixture
+def fresh_pycuda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    import edge.backends.tensorrt_device as device
+
+    for name in [m for m in sys.modules if m == "pycuda" or m.startswith("pycuda.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(device, "_PRIMARY", None)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_pycuda_without_the_nvidia_driver_says_so(fresh_pycuda: Path) -> None:
+    """pycuda's compiled _driver links libcuda.so.1, which only a driver install has: the
+    loader's own error, from a real shared object linked the same way."""
+    from edge.backends.tensorrt_device import NoDeviceError, cuda_context
+
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to link a stand-in of pycuda's _driver against libcuda.so.1")
+    _pycuda_package(fresh_pycuda, "from pycuda._driver import *  # noqa\n")
+    build = fresh_pycuda / "build"
+    build.mkdir()
+    (build / "cuda.c").write_text("int cuInit(unsigned int flags) { return 0; }\n")
+    (build / "driver.c").write_text("extern int cuInit(unsigned int); int touch(void) { return cuInit(0); }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(build / "libcuda.so.1"), str(build / "cuda.c"), "-Wl,-soname,libcuda.so.1"], check=True)
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(fresh_pycuda / "pycuda" / f"_driver{suffix}"), str(build / "driver.c"),
+                    str(build / "libcuda.so.1")], check=True)
+    shutil.rmtree(build)  # the driver is not installed
+    with pytest.raises(NoDeviceError, match=r"pycuda is installed but the NVIDIA driver is not \(libcuda\.so\.1"):
+        cuda_context()
+
+
+def test_a_driver_that_sees_no_gpu_is_one_line(fresh_pycuda: Path) -> None:
+    # cuInit's failure comes as pycuda._driver.RuntimeError, which is not the builtin one
+    _pycuda_package(fresh_pycuda, (
+        "class Error(Exception): pass\n"
+        "class RuntimeError(Error): pass\n"
+        "def init(flags=0):\n    raise RuntimeError('cuInit failed: no CUDA-capable device is detected')\n"
+    ))
+    from edge.backends.tensorrt_device import NoDeviceError, cuda_context
+
+    with pytest.raises(NoDeviceError, match="CUDA cannot start .*no CUDA-capable device is detected"):
+        cuda_context()
+
+
+def test_pycuda_missing_is_named_as_missing(monkeypatch: pytest.MonkeyPatch, fresh_pycuda: Path) -> None:
+    monkeypatch.setitem(sys.modules, "pycuda", None)  # import pycuda raises ModuleNotFoundError
+    from edge.backends.tensorrt_device import cuda_context
+
+    with pytest.raises(MissingDependencyError, match="pycuda is not installed"):
+        cuda_context()

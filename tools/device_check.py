@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from engines.tensorrt_build import TrtBuildOptions, build_tensorrt_engines, device_identity
+    from edge.backends.tensorrt_device import device_identity
+    from engines.tensorrt_build import TrtBuildOptions, build_tensorrt_engines
 
     manifest = load_manifest(args.engines)
     identity = device_identity()  # fails first, clearly, where there is no TensorRT or GPU

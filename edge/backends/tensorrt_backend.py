@@ -129,9 +129,9 @@ class TensorRTBackend(Backend):
         return True
 
     def load(self, manifest: Manifest, precision: str = "fp32", skip: bool = False) -> None:
-        from engines.tensorrt_build import _tensorrt, check_compatible, cuda_context, device_identity
+        from edge.backends.tensorrt_device import check_compatible, cuda_context, device_identity, tensorrt_module
 
-        trt = _tensorrt()
+        trt = tensorrt_module()
         self._cuda, self._context = cuda_context()
         check_compatible(manifest.tensorrt, *device_identity())
         try:
