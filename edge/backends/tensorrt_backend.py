@@ -190,7 +190,7 @@ class TensorRTBackend(Backend):
                 for o in segment.outputs if o.name != segment.features_output
             })
         lane = _Lane(
-            cuda.Stream(), [e.create_execution_context() for e in self._engines], cuda.mem_alloc(self._input_bytes),
+            cuda.Stream(), [engine.create_execution_context() for engine in self._engines], cuda.mem_alloc(self._input_bytes),
             cuda.pagelocked_empty(self._input_bytes // 4, np.float32), outputs, host,
             [cuda.mem_alloc(self._feature_bytes) for _ in range(2)],
         )
@@ -249,7 +249,8 @@ class TensorRTBackend(Backend):
         name = self._segments[index].features_output
         if name is None:
             return None
-        shape = tuple(lane.contexts[index].get_tensor_shape(name))
+        context = lane.contexts[index]
+        shape = tuple(context.get_tensor_shape(name))
         return DeviceFeatures(int(lane.outputs[index][name]), (n, *shape[1:]))
 
     def take(self, features: DeviceFeatures, rows: np.ndarray) -> DeviceFeatures:
