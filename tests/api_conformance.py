@@ -336,3 +336,34 @@ def check_project(api: dict[str, Any]) -> tuple[list[Problem], int]:
         problems += found
         checked += count
     return problems, checked
+
+
+# --- jetson-stats ----------------------------------------------------------------------------------
+
+JTOP_REQUIREMENT = "jetson-stats==7.2.2"
+_JTOP_DESCRIBE = """
+import inspect, json
+from jtop import jtop
+out = {}
+for name in NAMES:
+    static = inspect.getattr_static(jtop, name, None)
+    if isinstance(static, property):
+        out[name] = {"kind": "property", "settable": static.fset is not None}
+    elif callable(static):
+        params = [[p.name, repr(p.default)] for p in inspect.signature(static).parameters.values()]
+        out[name] = {"kind": "method", "params": params}
+print(json.dumps(out))
+"""
+
+
+def jtop_client_api(names: list[str]) -> dict[str, Any]:
+    """The real jetson-stats client class's methods (parameters, defaults) and properties
+    among `names`, from the package installed into a cache folder (pure Python)."""
+    target = CACHE.parent / JTOP_REQUIREMENT.replace("==", "-")
+    if not (target / "jtop").is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(target), JTOP_REQUIREMENT],
+                       check=True, capture_output=True, text=True)
+    script = f"NAMES = {names!r}\n{_JTOP_DESCRIBE}"
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(target)},
+                          check=True, capture_output=True, text=True)
+    return json.loads(done.stdout)  # type: ignore[no-any-return]

@@ -287,3 +287,97 @@ def test_the_shipped_traces_load() -> None:
     thermal, battery = load_trace(root / "thermal_ramp.csv"), load_trace(root / "battery_discharge.csv")
     assert max(r.max_temperature for r in thermal) > 95 > thermal[0].max_temperature  # type: ignore[operator]
     assert battery[0].battery_percent == 100.0 and battery[-1].battery_percent == pytest.approx(5.0)
+
+
+def test_zones_are_named_as_jtop_names_them_so_their_trip_points_match(tmp_path: Path) -> None:
+    thermal_zone(tmp_path, 0, "CPU_therm", 45000, {"passive": 90000})  # no '-': jtop cuts at '_'
+    thermal_zone(tmp_path, 1, "tj-thermal", 47000, {"hot": 99000})
+    reading = SysfsSource(tmp_path).read()
+    assert reading.temperatures == {"CPU": 45.0, "tj": 47.0}
+    assert reading.trip_points == {"CPU": {"passive": 90.0}, "tj": {"hot": 99.0}}
+
+
+# --- jtop: the real jetson-stats client's API, its service stood in for ----------------------------
+
+class ServiceClient:
+    """Stands in for a `jtop.jtop` client connected to the jtop service (which needs a
+    Jetson): the same methods and properties, checked against the real class below. Samples
+    arrive when the test says, as the service's broadcasts would."""
+
+    def __init__(self, interval=1.0) -> None:  # noqa: ANN001 - jtop's own signature
+        self.interval = interval
+        self._observers: list = []
+        self._running = False
+        self.temperature = {"cpu": {"temp": 50.5, "online": True}, "tj": {"temp": 52.0, "online": True}}
+        self.power = {"rail": {"VDD_CPU_GPU_CV": {"power": 2500, "online": True}}, "tot": {"power": 7000}}
+        self.nvpmodel = "15W"
+
+    def attach(self, observer) -> None:  # noqa: ANN001 - jtop's own signature
+        self._observers.append(observer)
+
+    def start(self) -> None:
+        self._running = True
+        self.sample()  # jtop's start() waits for the first sample
+
+    def sample(self) -> None:
+        for observer in self._observers:
+            observer(self)
+
+    def ok(self, spin=False) -> bool:  # noqa: ANN001
+        return self._running
+
+    def close(self) -> None:
+        self._running = False
+
+    @property
+    def stats(self) -> dict:
+        raise KeyError("EMC")  # jtop.stats rebuilds CPU, memory, GPU and fan figures: any may lack a key
+
+
+def test_the_stand_in_has_the_real_jtop_clients_api() -> None:
+    """jetson-stats 7.2.2's own client class: the methods JtopSource calls take the same
+    parameters as the stand-in's, and what it reads are properties there too."""
+    import inspect
+
+    from tests.api_conformance import jtop_client_api
+
+    methods, properties = ["attach", "start", "ok", "close", "__init__"], ["temperature", "power", "nvpmodel", "stats"]
+    real = jtop_client_api(methods + properties)
+    for name in methods:
+        stand_in = [[p.name, repr(p.default)] for p in inspect.signature(getattr(ServiceClient, name)).parameters.values()]
+        assert real[name] == {"kind": "method", "params": stand_in}, name
+    assert all(real[name]["kind"] == "property" for name in properties)
+
+
+def jtop_source(tmp_path: Path, clock: Clock, clients: list[ServiceClient]) -> JtopSource:
+    def connect(interval: float) -> ServiceClient:
+        clients.append(ServiceClient(interval))
+        return clients[-1]
+
+    thermal_zone(tmp_path, 0, "tj-thermal", 52000, {"hot": 99000})
+    return JtopSource(clock=clock, sysfs_root=str(tmp_path), client_factory=connect)
+
+
+def test_a_jtop_reading_is_dated_by_when_the_service_sampled_it(tmp_path: Path) -> None:
+    clock, clients = Clock(10.0), []
+    source = jtop_source(tmp_path, clock, clients)
+    clock.t = 25.0  # no sample since t=10: the governor must see a 15 s old reading
+    reading = source.read()
+    assert reading.time == 10.0 and reading.temperatures == {"cpu": 50.5, "tj": 52.0}
+    assert reading.trip_points == {"tj": {"hot": 99.0}} and reading.power_mw == 7000.0 and reading.nvpmodel == "15W"
+    clients[0].sample()
+    assert source.read().time == 25.0
+
+
+def test_a_jtop_reading_does_not_depend_on_unrelated_figures(tmp_path: Path) -> None:
+    source = jtop_source(tmp_path, Clock(), [])
+    assert source.read().rails_mw == {"VDD_CPU_GPU_CV": 2500.0}  # jtop.stats would have raised KeyError('EMC')
+
+
+def test_a_stopped_jtop_client_is_replaced_by_a_new_connection(tmp_path: Path) -> None:
+    clock, clients = Clock(10.0), []
+    source = jtop_source(tmp_path, clock, clients)
+    clients[0]._running = False  # what jtop's ok() does after one sample comes late
+    clock.t = 12.0
+    reading = source.read()
+    assert len(clients) == 2 and not clients[0].ok() and reading.time == 12.0  # the new client's first sample

@@ -1,43 +1,71 @@
 """jetson-stats (`jtop`) as a sensor source: used when its service answers.
 
-Written against jetson-stats 7.x (../shared/reference/tensorrt-jetson.md, section 6). The
-import is lazy: off a Jetson, or without the service, opening raises SensorUnavailable
-and `open_first` falls back to sysfs. The runtime only reads; it never sets nvpmodel
-(a mode with another core mask reboots the board). jtop gives no trip points, so they
-come from sysfs (zones named alike), and a reading is dated by jtop's own sample time
-so a service that stops updating goes stale.
+Written against jetson-stats 7.2 (../shared/reference/tensorrt-jetson.md, section 6; its
+client is checked against the real package in tests). The import is lazy: off a Jetson,
+or without the service, opening raises SensorUnavailable and `open_first` falls back to
+sysfs. The runtime only reads; it never sets nvpmodel (a mode with another core mask
+reboots the board). jtop gives no trip points, so they come from sysfs (zones named
+alike).
+
+Only the properties a reading needs are read (`temperature`, `power`, `nvpmodel`):
+`jtop.stats` recomputes CPU, memory, GPU and fan figures on every read, so a key missing
+from any of them would fail a good reading, and its `time` is the moment it is read, not
+sampled. A reading is dated by when the client last received a sample from the service
+(an observer jtop calls per sample), so a service that stops sending goes stale. A
+client that stopped (one missed sample is enough to stop jtop's client for good) is
+replaced by a new connection on the next read.
 """
 
 from __future__ import annotations
 
-import datetime
+import threading
 import time
 from typing import Any, Callable
 
 from edge.sensors.base import OFFLINE_C, Reading, SensorError, SensorSource, SensorUnavailable
 
+ClientFactory = Callable[[float], Any]  # interval -> an unstarted jtop client
+
 
 class JtopSource(SensorSource):
     name = "jtop"
 
-    def __init__(self, interval: float = 0.5, clock: Callable[[], float] = time.monotonic, sysfs_root: str = "/") -> None:
-        try:
-            from jtop import JtopException, jtop
-        except ImportError:
-            raise SensorUnavailable("jtop: jetson-stats is not installed (the 'jetson' extra)") from None
+    def __init__(
+        self, interval: float = 0.5, clock: Callable[[], float] = time.monotonic, sysfs_root: str = "/",
+        client_factory: ClientFactory | None = None,
+    ) -> None:
+        self._errors = _jtop_errors()
+        if client_factory is None:
+            try:
+                from jtop import jtop
+            except ImportError:
+                raise SensorUnavailable("jtop: jetson-stats is not installed (the 'jetson' extra)") from None
+            client_factory = lambda every: jtop(interval=every)  # noqa: E731
         self.clock = clock
+        self.interval = interval
+        self._factory: ClientFactory = client_factory
         self._trips = _sysfs_trips(sysfs_root)
-        self._errors: tuple[type[BaseException], ...] = (JtopException, KeyError, TypeError, ValueError, AttributeError)
-        self._client: Any = jtop(interval=interval)
+        self._sampled: float | None = None  # our clock when the last sample arrived
+        self._lock = threading.Lock()
         try:
-            self._client.start()
-        except JtopException as exc:  # "The jtop.service is not active..."
+            self._client = self._connect()
+        except self._errors as exc:  # "The jtop.service is not active..."
             raise SensorUnavailable(f"jtop: {exc}") from None
 
+    def _connect(self) -> Any:
+        client = self._factory(self.interval)
+        client.attach(self._on_sample)
+        client.start()  # waits for the first sample
+        return client
+
+    def _on_sample(self, _client: Any) -> None:
+        with self._lock:
+            self._sampled = self.clock()
+
     def read(self) -> Reading:
+        if not self._alive():  # stopped: its thread ended, or a sample came late
+            self._reconnect()
         try:
-            if not self._client.ok():
-                raise SensorError("jtop: the service stopped answering")
             temperatures = {
                 name: float(t["temp"]) for name, t in self._client.temperature.items()
                 if t.get("online", True) and float(t["temp"]) > OFFLINE_C
@@ -46,21 +74,45 @@ class JtopSource(SensorSource):
             rails = {name: float(r["power"]) for name, r in power.get("rail", {}).items() if r.get("online", True)}
             total = power.get("tot", {}).get("power")
             mode = self._client.nvpmodel
-            sampled = self._client.stats.get("time")
         except self._errors as exc:
             raise SensorError(f"jtop: {type(exc).__name__}: {exc}") from exc
-        now = self.clock()
-        age = (datetime.datetime.now() - sampled).total_seconds() if isinstance(sampled, datetime.datetime) else 0.0
+        with self._lock:
+            sampled = self._sampled
+        if sampled is None:
+            raise SensorError("jtop: no sample received from the service yet")
         return Reading(
-            now - max(0.0, age), self.name, temperatures, {z: t for z, t in self._trips.items() if z in temperatures},
+            sampled, self.name, temperatures, {z: t for z, t in self._trips.items() if z in temperatures},
             None if total is None else float(total), rails, nvpmodel=None if mode is None else str(mode),
         )
+
+    def _alive(self) -> bool:
+        try:
+            return bool(self._client.ok(spin=True))  # spin: do not wait for the next sample
+        except self._errors:  # the error its thread stored
+            return False
+
+    def _reconnect(self) -> None:
+        self.close()
+        try:
+            self._client = self._connect()
+        except self._errors as exc:
+            raise SensorError(f"jtop: the service stopped answering and reconnecting failed ({exc})") from None
 
     def close(self) -> None:
         try:
             self._client.close()
         except self._errors:
             pass
+
+
+def _jtop_errors() -> tuple[type[BaseException], ...]:
+    """What a jtop client raises when its service or its data goes wrong."""
+    errors: tuple[type[BaseException], ...] = (KeyError, TypeError, ValueError, AttributeError, EOFError, OSError)
+    try:
+        from jtop import JtopException
+    except ImportError:
+        return errors
+    return (JtopException, *errors)
 
 
 def _sysfs_trips(root: str) -> dict[str, dict[str, float]]:

@@ -12,12 +12,12 @@ Total power: the board's input rail (VDD_IN, POM_5V_IN) where there is one, else
 sum of the rails read (AGX Orin has no input rail on its monitors), else the sum of the
 RAPL packages (which needs two reads).
 
-Zones are named like jtop names them: the type cut at the first '-' ("tj-thermal" ->
-"tj"). Channels and counters that cannot be read when the source opens (a disabled
-INA3221 channel, RAPL without root) are left out and their field reported missing; one
-that could be read and stops is a lost sensor (SensorError). A reading's time is when
-it was read: sysfs has no sample time, so values frozen by a stuck driver cannot be
-told from steady ones.
+Zones are named like jtop names them: the type cut at the first '-', else at the first
+'_' ("tj-thermal" -> "tj", "CPU_therm" -> "CPU"). Channels and counters that cannot be
+read when the source opens (a disabled INA3221 channel, RAPL without root) are left out
+and their field reported missing; one that could be read and stops is a lost sensor
+(SensorError). A reading's time is when it was read: sysfs has no sample time, so values
+frozen by a stuck driver cannot be told from steady ones.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class SysfsSource(SensorSource):
             raw = _number(zone / "temp")
             if raw is None or raw / 1000.0 < OFFLINE_C:
                 continue  # an offline sensor: that zone is missing from this reading
-            name = _unique(kind.split("-", 1)[0], temperatures)
+            name = _unique(zone_name(kind), temperatures)
             temperatures[name] = raw / 1000.0
             zone_trips = _trip_points(zone)
             if zone_trips:
@@ -162,6 +162,12 @@ def _trip_points(zone: Path) -> dict[str, float]:
         if kind and value is not None and value > 0:
             trips[kind] = min(trips.get(kind, float("inf")), value / 1000.0)
     return trips
+
+
+def zone_name(kind: str) -> str:
+    """jtop's name for a thermal zone type: cut at the first '-', else at the first '_'
+    ("tj-thermal" -> "tj", "CPU_therm" -> "CPU"), so trip points match jtop's zones."""
+    return kind.split("-", 1)[0] if "-" in kind else kind.split("_", 1)[0]
 
 
 def _unique(name: str, taken: dict[str, float]) -> str:
