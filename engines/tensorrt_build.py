@@ -107,6 +107,15 @@ def profile_shapes(input_shape: Sequence[Any], batch: dict[str, int]) -> tuple[t
     return shape(low), shape(opt), shape(high)
 
 
+def plan_batch(batch: dict[str, int], options: TrtBuildOptions) -> dict[str, int]:
+    """The batch sizes a plan serves: the manifest's range, or on DLA (static shapes only)
+    its opt batch alone. Recorded with the plan, so callers feed it only what it takes."""
+    if options.dla_core is None:
+        return {"min": int(batch.get("min", 1)), "opt": int(batch.get("opt", 1)), "max": int(batch["max"])}
+    opt = int(batch.get("opt", 1))
+    return {"min": opt, "opt": opt, "max": opt}
+
+
 def qdq_problems(model: Any) -> list[str]:
     """Why TensorRT would refuse an explicitly quantized ONNX: it takes symmetric INT8
     Q/DQ only (zero points 0 of type int8)."""
@@ -153,14 +162,15 @@ def build_tensorrt_engines(manifest: Manifest, options: TrtBuildOptions = TrtBui
             _refuse_asymmetric(manifest.path_of(onnx_file))
     plans = {}
     for onnx_file, segment in files:
-        shapes = profile_shapes(segment.input.shape, manifest.batch)
-        if options.dla_core is not None:  # DLA takes static shapes only: the plan serves the opt batch
-            shapes = (shapes[1], shapes[1], shapes[1])
+        batch = plan_batch(manifest.batch, options)
+        shapes = profile_shapes(segment.input.shape, batch)
         data = build_plan(trt, builder, logger, manifest.path_of(onnx_file), segment.input.name, shapes, plan, options, cache)
         target = manifest.root / plan_name(onnx_file, options.precision)
         with atomic_path(target) as tmp:
             tmp.write_bytes(data)
-        plans[plan_key(onnx_file, options.precision)] = {"file": target.name, "sha256": sha256_file(target), "precision": options.precision}
+        plans[plan_key(onnx_file, options.precision)] = {
+            "file": target.name, "sha256": sha256_file(target), "precision": options.precision, "batch": batch,
+        }
     if options.timing_cache is not None:
         with atomic_path(options.timing_cache) as tmp:
             tmp.write_bytes(bytes(cache.serialize()))

@@ -3,6 +3,7 @@ Q/DQ checks, buffer sizing, device gathers, plan bookkeeping, the onnxruntime GP
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -14,12 +15,12 @@ import pytest
 
 from edge.atomic import sha256_file
 from edge.backends.onnxruntime_backend import OnnxRuntimeBackend, gpu_providers
-from edge.backends.tensorrt_backend import buffer_bytes, plan_for, plan_key, row_copies
+from edge.backends.tensorrt_backend import buffer_bytes, plan_batch_range, plan_for, plan_key, row_copies
 from edge.backends.tensorrt_device import check_compatible, device_record
 from edge.errors import ManifestError, MissingDependencyError, UserError
 from edge.manifest import load_manifest
 from engines.tensorrt_build import (
-    PrecisionPlan, TrtBuildOptions, engine_files, plan_name, precision_plan, profile_shapes, qdq_problems,
+    PrecisionPlan, TrtBuildOptions, engine_files, plan_batch, plan_name, precision_plan, profile_shapes, qdq_problems,
 )
 from tests.conftest import read_manifest_json, write_manifest_json
 from tests.test_adaptive import adaptive_built, adaptive_net  # noqa: F401 - fixtures
@@ -232,3 +233,50 @@ def test_pycuda_missing_is_named_as_missing(monkeypatch: pytest.MonkeyPatch, fre
 
     with pytest.raises(MissingDependencyError, match="pycuda is not installed"):
         cuda_context()
+
+
+# --- DLA plans take one batch size: the device check feeds them that --------------------------------
+
+def test_a_dla_plan_serves_the_opt_batch_only_and_records_it() -> None:
+    batch = {"min": 1, "opt": 2, "max": 64}
+    assert plan_batch(batch, TrtBuildOptions("fp16")) == {"min": 1, "opt": 2, "max": 64}
+    assert plan_batch(batch, TrtBuildOptions("fp16", dla_core=0)) == {"min": 2, "opt": 2, "max": 2}
+
+
+def test_the_loaded_plans_batch_range_is_what_every_plan_takes(built_dir: Path) -> None:
+    manifest = load_manifest(built_dir)
+    files = [plan_name(s.file, "fp16") for s in manifest.segments]
+    assert plan_batch_range(manifest, files) == (1, manifest.batch["max"])  # nothing recorded: the manifest's
+    plans = {f"{s.file}@fp16": {"file": f, "batch": {"min": 1, "opt": 1, "max": 1}} for s, f in zip(manifest.segments, files)}
+    dla = dataclasses.replace(manifest, tensorrt={"plans": plans})
+    assert plan_batch_range(dla, files) == (1, 1)
+    plans[f"{manifest.segments[0].file}@fp16"]["batch"] = {"min": 4, "opt": 4, "max": 4}
+    with pytest.raises(ManifestError, match="no common batch size"):
+        plan_batch_range(dataclasses.replace(manifest, tensorrt={"plans": plans}), files)
+
+
+def test_the_device_check_compares_in_batches_the_plans_take(built_dir: Path, real_images: np.ndarray) -> None:
+    from tools.device_check import check_batch, compare_segments
+
+    class Recording(OnnxRuntimeBackend):  # the device side, recording the batches it is fed
+        def __init__(self) -> None:
+            super().__init__()
+            self.fed: list[int] = []
+
+        def run(self, index: int, features: np.ndarray, criterion: str = "entropy"):  # type: ignore[no-untyped-def]
+            self.fed.append(len(features))
+            return super().run(index, features, criterion)
+
+    manifest = load_manifest(built_dir)
+    device, reference = Recording(), OnnxRuntimeBackend()
+    device.load(manifest)
+    reference.load(manifest)
+    images = real_images[:8]
+    assert check_batch(8, (1, 1)) == 1 and check_batch(8, (1, 64)) == 8 and check_batch(8, (4, 4)) == 4
+    with pytest.raises(UserError, match="only 2 images"):
+        check_batch(2, (4, 4))
+    results = compare_segments(device, reference, manifest.num_exits, images, 1e-6, check_batch(8, (1, 1)))  # a DLA plan
+    assert set(device.fed) == {1} and len(device.fed) == 8 * manifest.num_exits
+    assert all(r["within_tolerance"] and r["max_abs_diff"] == 0.0 for r in results)
+    device.close()
+    reference.close()

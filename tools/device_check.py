@@ -66,12 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     trt_backend, ort_backend = TensorRTBackend(plan_precision=args.precision), OnnxRuntimeBackend()
     trt_backend.load(manifest, variant)
     ort_backend.load(manifest, "int8" if variant == "int8" else "fp32")
-    segments = compare_segments(trt_backend, ort_backend, manifest.num_exits, images, TOLERANCE[args.precision])
-    latency = {"tensorrt": time_segments(trt_backend, manifest.num_exits, images[:1], args.calls),
-               "onnxruntime": time_segments(ort_backend, manifest.num_exits, images[:1], args.calls)}
+    batch = check_batch(len(images), trt_backend.batch_range)
+    segments = compare_segments(trt_backend, ort_backend, manifest.num_exits, images, TOLERANCE[args.precision], batch)
+    timed = images[: trt_backend.batch_range[0]]  # batch 1 unless the plans take one larger size only (DLA)
+    latency = {"tensorrt": time_segments(trt_backend, manifest.num_exits, timed, args.calls),
+               "onnxruntime": time_segments(ort_backend, manifest.num_exits, timed, args.calls)}
     report = {
         "device": dict(zip(("tensorrt", "gpu", "compute_capability"), identity)), "precision": args.precision,
-        "dla_core": args.dla_core, "segments": segments, "latency_ms": latency, "sensors": read_sensors(),
+        "dla_core": args.dla_core, "batch": {"compared": batch, "timed": len(timed)}, "segments": segments, "latency_ms": latency, "sensors": read_sensors(),
         "passed": all(s["within_tolerance"] for s in segments),
     }
     write_json_atomic(args.engines / "device_check.json", report)
@@ -84,16 +86,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report["passed"] else 1
 
 
-def compare_segments(trt: Any, ort: OnnxRuntimeBackend, num_segments: int, images: np.ndarray, tolerance: float) -> list[dict[str, Any]]:
-    """Each segment fed identical host inputs on both backends (so errors do not compound)."""
-    results, inputs = [], images
+def check_batch(images: int, batch_range: tuple[int, int]) -> int:
+    """The batch the comparison feeds: as many of the images as the plans take at once,
+    and a size they take (a DLA plan takes one); the images are fed in such chunks."""
+    low, high = batch_range
+    if images < low:
+        raise UserError(f"the plans take batches of {low} to {high}; only {images} images to compare")
+    return min(images, high)
+
+
+def compare_segments(
+    trt: Any, ort: OnnxRuntimeBackend, num_segments: int, images: np.ndarray, tolerance: float, batch: int,
+) -> list[dict[str, Any]]:
+    """Each segment fed identical host inputs on both backends (so errors do not compound),
+    `batch` rows per call; rows past the last whole batch are left out."""
+    usable = len(images) - len(images) % batch
+    results, inputs = [], images[:usable]
     for k in range(num_segments):
-        expected = ort.run(k, inputs)
-        got = trt.run(k, trt.upload(inputs))
-        diffs = [float(np.max(np.abs(expected.probs - got.probs))), float(np.max(np.abs(expected.scores - got.scores)))]
+        diffs, features = [0.0], []
+        for start in range(0, usable, batch):
+            chunk = np.ascontiguousarray(inputs[start : start + batch])
+            expected = ort.run(k, chunk)
+            got = trt.run(k, trt.upload(chunk))
+            diffs += [float(np.max(np.abs(expected.probs - got.probs))), float(np.max(np.abs(expected.scores - got.scores)))]
+            if expected.features is not None:
+                features.append(expected.features)
         results.append({"max_abs_diff": max(diffs), "within_tolerance": max(diffs) <= tolerance})
-        if expected.features is not None:
-            inputs = np.ascontiguousarray(expected.features)
+        if features:
+            inputs = np.ascontiguousarray(np.concatenate(features))
     return results
 
 

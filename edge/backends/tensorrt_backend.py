@@ -86,6 +86,18 @@ def plan_for(manifest: Manifest, segment: SegmentInfo, precision: str, skip: boo
     return str(plans[key]["file"])
 
 
+def plan_batch_range(manifest: Manifest, files: Sequence[str]) -> tuple[int, int]:
+    """(smallest, largest) batch every one of these plans takes: what each recorded when
+    built (a DLA plan takes its one batch), else the manifest's range."""
+    plans = (manifest.tensorrt or {}).get("plans", {})
+    default = {"min": int(manifest.batch.get("min", 1)), "max": int(manifest.batch["max"])}
+    ranges = [next((p.get("batch", default) for p in plans.values() if p["file"] == f), default) for f in files]
+    low, high = max(int(r["min"]) for r in ranges), min(int(r["max"]) for r in ranges)
+    if low > high:
+        raise ManifestError(f"the TensorRT plans take no common batch size ({ranges}): rebuild them together")
+    return low, high
+
+
 @dataclass
 class _Lane:
     """One thread's stream, execution contexts and buffers."""
@@ -114,6 +126,7 @@ class TensorRTBackend(Backend):
         self._cuda: Any = None
         self._context: Any = None
         self._max_batch = 0
+        self.batch_range = (0, 0)  # (smallest, largest) batch the loaded plans take
         self._input_bytes = 0
         self._feature_bytes = 4
 
@@ -142,10 +155,12 @@ class TensorRTBackend(Backend):
             raise
 
     def _load(self, trt: Any, manifest: Manifest, precision: str, skip: bool) -> None:
-        self._max_batch = manifest.batch["max"]
+        files = [plan_for(manifest, segment, precision, skip, self.plan_precision) for segment in manifest.segments]
+        self.batch_range = plan_batch_range(manifest, files)
+        self._max_batch = self.batch_range[1]
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        for segment in manifest.segments:
-            path = manifest.path_of(plan_for(manifest, segment, precision, skip, self.plan_precision))
+        for segment, plan_file in zip(manifest.segments, files):
+            path = manifest.path_of(plan_file)
             engine = runtime.deserialize_cuda_engine(path.read_bytes())
             if engine is None:
                 raise ManifestError(f"{path}: TensorRT cannot deserialize this plan")
@@ -235,6 +250,9 @@ class TensorRTBackend(Backend):
             return self._features_of(lane, index, features.rows)  # type: ignore[return-value]
 
     def _enqueue(self, lane: _Lane, index: int, features: DeviceFeatures) -> None:
+        low, high = self.batch_range
+        if not low <= features.rows <= high:
+            raise BackendError(f"segment {index}: these plans take batches of {low} to {high} (a DLA plan takes one size), got {features.rows}")
         context, segment = lane.contexts[index], self._segments[index]
         if not context.set_input_shape(segment.input.name, features.shape):
             raise BackendError(f"segment {index}: TensorRT refused input shape {features.shape} (the plan's profile does not cover it)")
