@@ -34,6 +34,7 @@ class QuantJob:
     calibration: np.ndarray  # the segment's real inputs
     activation: str = "uint8"
     batch: int = 32
+    symmetric: bool = False  # zero points 0 (int8 activations): what TensorRT takes
 
 
 def quantize_segments(jobs: Sequence[QuantJob]) -> None:
@@ -41,6 +42,8 @@ def quantize_segments(jobs: Sequence[QuantJob]) -> None:
     for job in jobs:
         if job.activation not in ACTIVATION_TYPES:
             raise ValueError(f"activation type must be one of {ACTIVATION_TYPES}, got {job.activation!r}")
+        if job.symmetric and job.activation != "int8":
+            raise ValueError("symmetric quantization needs int8 activations (uint8 centres on 128)")
     context = multiprocessing.get_context("spawn")
     # An executor, not a Pool: a child killed outright (out of memory) raises
     # BrokenProcessPool here instead of leaving the parent waiting forever.
@@ -74,6 +77,7 @@ def _quantize_one(job: QuantJob) -> str:
             quantize_static(
                 str(job.source), str(tmp), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
                 per_channel=True, activation_type=activation, weight_type=QuantType.QInt8,
+                extra_options={"ActivationSymmetric": job.symmetric, "WeightSymmetric": True},
             )
         return ""
     except Exception as exc:  # reported in the parent with the segment's name
