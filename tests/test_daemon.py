@@ -386,3 +386,39 @@ def test_metrics_follow_the_prometheus_text_format(served, real_images: np.ndarr
     assert 'edge_operating_point{model="digits",point="full"} 1' in text
     assert re.search(r'edge_sensor_temperature_celsius\{zone="tj"\} 52.1', text)
     assert re.search(r'edge_exits_total\{exit="\d",model="digits"\} \d+', text)
+
+
+def test_the_runtime_install_has_no_torch_and_serves_a_manifest(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
+    """What a device installs: `pip install edge-dynamic` (numpy, onnx, onnxruntime), no
+    torch; edged from that venv serves the manifest."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    python = str(venv / "bin" / "python")
+    probe = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True, cwd=tmp_path)
+    assert "No module named 'torch'" in probe.stderr
+    check = subprocess.run([str(venv / "bin" / "edge-device-check"), "--engines", str(engines)], capture_output=True, text=True, cwd=tmp_path)
+    assert check.returncode == 1 and check.stderr.startswith("error: TensorRT is not installed"), check.stderr  # imports, then says what is missing
+    command = [str(venv / "bin" / "edged"), "--model-repository", str(engines), "--port", "0", "--sensors", "none"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env={"PATH": os.environ.get("PATH", "")})
+    try:
+        url = None
+        for line in process.stderr:  # type: ignore[union-attr]
+            entry = json.loads(line)
+            if entry["message"].startswith("serving"):
+                url = entry["message"].rsplit("//", 1)[1]
+                break
+        assert url is not None
+        status, body = raw(url, "POST", "/v2/models/digits/infer", json_request(real_images[:2]))
+        assert status == 200, body
+        served = next(np.array(o["data"], dtype=np.float32).reshape(o["shape"]) for o in body["outputs"] if o["name"] == "probabilities")
+        expected = Runtime(engines).infer(real_images[:2]).probabilities
+        np.testing.assert_allclose(served, expected, atol=1e-5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()  # type: ignore[union-attr]

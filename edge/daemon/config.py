@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the same parser, as a package
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from edge.errors import UserError
 
