@@ -367,3 +367,59 @@ def jtop_client_api(names: list[str]) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(target)},
                           check=True, capture_output=True, text=True)
     return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+# --- pycuda, against its sources (it builds only where CUDA is complete) ----------------------------
+
+PYCUDA_SDIST = "pycuda-2026.1.tar.gz"
+PYCUDA_FILES = ("edge/backends/tensorrt_backend.py", "edge/backends/tensorrt_device.py")
+# How this project's code names pycuda objects: the module, and what it hands back.
+PYCUDA_RECEIVERS = {"cuda", "self._cuda", "device", "lane.stream", "buffer", "self._context", "cuda.Device", "cuda.Device(0)"}
+_PYCUDA_NAMES = (
+    r'py::def\(\s*"(\w+)"', r'\.def\(\s*"(\w+)"', r'\.def_static\(\s*"(\w+)"', r'\.staticmethod\(\s*"(\w+)"',
+    r'\.add_property\(\s*"(\w+)"', r'DEF_SIMPLE_(?:METHOD|FUNCTION|RO_MEMBER|RW_MEMBER)(?:_WITH_ARGS)?\((\w+)',
+    r'py::class_<[^;]*?>\s*\(\s*"(\w+)"', r'^\s*\("(\w+)",\s*py::init',
+)
+
+
+def pycuda_names() -> set[str]:
+    """Every function, class, method and property pycuda's driver module defines: from
+    the C++ wrapper (boost.python) and pycuda/driver.py of the sdist on PyPI."""
+    import tarfile
+    import urllib.request
+
+    sdist = CACHE.parent / PYCUDA_SDIST
+    if not sdist.is_file():
+        request = urllib.request.Request("https://pypi.org/simple/pycuda/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            url = next(f["url"] for f in json.load(answer)["files"] if f["filename"] == PYCUDA_SDIST)
+        sdist.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(url, timeout=300) as answer:
+            sdist.write_bytes(answer.read())
+    names: set[str] = set()
+    with tarfile.open(sdist) as archive:
+        for member in archive.getmembers():
+            if member.name.endswith(("src/wrapper/wrap_cudadrv.cpp", "pycuda/driver.py")):
+                text = archive.extractfile(member).read().decode()  # type: ignore[union-attr]
+                for pattern in _PYCUDA_NAMES:
+                    names |= set(re.findall(pattern, text, re.MULTILINE))
+                if member.name.endswith(".py"):  # module-level defs, classes and assignments
+                    for groups in re.findall(r"^(?:def|class)\s+(\w+)|^(\w+)\s*=", text, re.MULTILINE):
+                        names |= {g for g in groups if g}
+    return names
+
+
+def pycuda_uses(source: str, filename: str = "<source>") -> list[tuple[str, str]]:
+    """(where, name) for every attribute this code reads on a pycuda object."""
+    uses = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Attribute) and ast.unparse(node.value) in PYCUDA_RECEIVERS:
+            uses.append((f"{filename}:{node.lineno}", node.attr))
+    return uses
+
+
+def check_pycuda(names: set[str], sources: dict[str, str] | None = None) -> tuple[list[Problem], int]:
+    sources = sources if sources is not None else {f: (ROOT / f).read_text() for f in PYCUDA_FILES}
+    uses = [use for filename, text in sources.items() for use in pycuda_uses(text, filename)]
+    problems = [Problem(where, f"pycuda has no {name!r}") for where, name in uses if name not in names]
+    return problems, len(uses)

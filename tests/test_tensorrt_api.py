@@ -70,3 +70,28 @@ def test_feature_detected_and_correct_uses_pass() -> None:
     )
     problems, checked = check_source(source, bindings_api("11.4"))
     assert not problems and checked >= 8
+
+
+# --- pycuda: every name the TensorRT backend reads, in pycuda's own sources ---------------------------
+
+@pytest.fixture(scope="module")
+def pycuda() -> set[str]:
+    from tests.api_conformance import pycuda_names
+
+    return pycuda_names()
+
+
+def test_every_pycuda_name_the_backend_uses_is_defined_by_pycuda(pycuda: set[str]) -> None:
+    from tests.api_conformance import check_pycuda
+
+    problems, checked = check_pycuda(pycuda)
+    assert checked >= 25, f"only {checked} uses seen"  # 27 when written
+    assert not problems, "\n".join(map(str, problems))
+
+
+def test_the_pycuda_check_catches_misspelt_names(pycuda: set[str]) -> None:
+    from tests.api_conformance import check_pycuda
+
+    source = "def f(cuda, lane):\n    cuda.mem_aloc(8)\n    lane.stream.synchronise()\n    cuda.Device(0).retain_primary_context()\n"
+    problems, checked = check_pycuda(pycuda, {"x.py": source})
+    assert checked == 4 and [str(p) for p in problems] == ["x.py:2: pycuda has no 'mem_aloc'", "x.py:3: pycuda has no 'synchronise'"]
