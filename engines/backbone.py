@@ -13,6 +13,18 @@ import torch
 from torch import nn
 
 
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def default_normalization(channels: int) -> dict[str, list[float]]:
+    """The normalization every source defaults to: torchvision's ImageNet statistics for
+    RGB; mid-grey otherwise."""
+    if channels == 3:
+        return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    return {"mean": [0.5] * channels, "std": [0.25] * channels}
+
+
 class Normalize(nn.Module):
     """Per-channel (x - mean) / std inside the graph, so engines take images in [0, 1]."""
 

@@ -11,11 +11,10 @@ from typing import Sequence
 from torch import nn
 
 from edge.deps import require
-from engines.backbone import BlockBackbone, Normalize
+from engines.backbone import BlockBackbone, Normalize, default_normalization
+
 
 def _normalization(channels: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> dict[str, list[float]]:
-    from engines.intake.sources import default_normalization  # one default for every source
-
     if mean is None or std is None:
         return default_normalization(channels)
     return {"mean": list(mean), "std": list(std)}

@@ -57,6 +57,15 @@ def served(engines: Path, tmp_path: Path) -> Iterator[tuple[Daemon, str]]:
     daemon.stop()
 
 
+def serving_url(process: subprocess.Popen[str]) -> str:
+    """host:port from the JSON log line edged writes when it starts serving."""
+    for line in process.stderr:  # type: ignore[union-attr]
+        entry = json.loads(line)
+        if entry["message"].startswith("serving"):
+            return str(entry["message"].rsplit("//", 1)[1])
+    raise AssertionError("edged ended without serving")
+
+
 def client(url: str) -> Any:
     return tritonclient.InferenceServerClient(url, connection_timeout=30, network_timeout=30)
 
@@ -311,13 +320,7 @@ def test_sigterm_answers_queued_requests_then_exits_and_systemd_hears_ready(engi
     process = subprocess.Popen([sys.executable, "-m", "edge.daemon.main", "--config", str(config)], env=env, stderr=subprocess.PIPE, text=True)
     try:
         assert notify.recv(64) == b"READY=1"
-        url = None
-        for line in process.stderr:  # type: ignore[union-attr]
-            entry = json.loads(line)
-            if entry["message"].startswith("serving"):
-                url = entry["message"].rsplit("//", 1)[1]
-                break
-        assert url is not None
+        url = serving_url(process)
         body = json_request(real_images[:2])
         with ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(raw, url, "POST", "/v2/models/digits/infer", body) for _ in range(8)]
@@ -391,9 +394,14 @@ def test_metrics_follow_the_prometheus_text_format(served, real_images: np.ndarr
 def test_the_runtime_install_has_no_torch_and_serves_a_manifest(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
     """What a device installs: `pip install edge-dynamic` (numpy, onnx, onnxruntime), no
     torch; edged from that venv serves the manifest."""
-    venv = tmp_path / "venv"
+    venv, source = tmp_path / "venv", tmp_path / "source"  # a copy: building in place would leave build/ in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("edge", "engines", "calibration", "tools"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], capture_output=True, text=True, timeout=600)
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(source)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]
     python = str(venv / "bin" / "python")
     probe = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True, cwd=tmp_path)
@@ -403,13 +411,7 @@ def test_the_runtime_install_has_no_torch_and_serves_a_manifest(engines: Path, t
     command = [str(venv / "bin" / "edged"), "--model-repository", str(engines), "--port", "0", "--sensors", "none"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env={"PATH": os.environ.get("PATH", "")})
     try:
-        url = None
-        for line in process.stderr:  # type: ignore[union-attr]
-            entry = json.loads(line)
-            if entry["message"].startswith("serving"):
-                url = entry["message"].rsplit("//", 1)[1]
-                break
-        assert url is not None
+        url = serving_url(process)
         status, body = raw(url, "POST", "/v2/models/digits/infer", json_request(real_images[:2]))
         assert status == 200, body
         served = next(np.array(o["data"], dtype=np.float32).reshape(o["shape"]) for o in body["outputs"] if o["name"] == "probabilities")

@@ -167,7 +167,7 @@ def test_mobilenet_stages_follow_channel_changes() -> None:
 
 def test_torchvision_resnet_three_channel_large_input_keeps_stem() -> None:
     pytest.importorskip("torchvision", reason="torchvision (the 'vision' extra) is not installed")
-    from engines.intake.sources import IMAGENET_MEAN
+    from engines.backbone import IMAGENET_MEAN
     from engines.torchvision_models import torchvision_resnet
 
     net = torchvision_resnet("resnet18", num_classes=5, input_shape=(3, 96, 96)).eval()

@@ -280,3 +280,39 @@ def test_the_device_check_compares_in_batches_the_plans_take(built_dir: Path, re
     assert all(r["within_tolerance"] and r["max_abs_diff"] == 0.0 for r in results)
     device.close()
     reference.close()
+
+
+# --- a timing cache from another device is not used ------------------------------------------------
+
+class BuilderConfigStandIn:
+    """IBuilderConfig's two timing-cache calls as TensorRT answers them (their signatures
+    are checked against the real 10.3/10.13/11.4 bindings in test_tensorrt_api): a cache
+    from another device attaches only when mismatches are ignored."""
+
+    def __init__(self, device: bytes) -> None:
+        self.device = device
+
+    def create_timing_cache(self, serialized_timing_cache: bytes) -> bytes:
+        return serialized_timing_cache or self.device
+
+    def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> bool:
+        return cache == self.device or ignore_mismatch
+
+
+class BuilderStandIn:
+    def __init__(self, device: bytes) -> None:
+        self.device = device
+
+    def create_builder_config(self) -> BuilderConfigStandIn:
+        return BuilderConfigStandIn(self.device)
+
+
+def test_a_timing_cache_from_another_device_is_replaced_by_a_new_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from engines.tensorrt_build import _timing_cache
+
+    cache_file = tmp_path / "timing.cache"
+    cache_file.write_bytes(b"orin-agx")
+    assert _timing_cache(BuilderStandIn(b"orin-agx"), cache_file) == b"orin-agx"  # this device's: used
+    assert _timing_cache(BuilderStandIn(b"orin-nano"), cache_file) == b"orin-nano"  # another's: a new one
+    assert "timing cache from another device" in caplog.text
+    assert _timing_cache(BuilderStandIn(b"orin-nano"), tmp_path / "none.cache") == b"orin-nano"

@@ -23,12 +23,10 @@ from torch import nn
 
 from edge.deps import require
 from edge.errors import UserError
-from engines.backbone import BlockBackbone
+from engines.backbone import BlockBackbone, default_normalization
 
 NetworkFactory = Callable[[str, int, dict[str, Any]], nn.Module]
 _FACTORIES: dict[str, NetworkFactory] = {}
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 class SourceError(UserError):
@@ -69,13 +67,6 @@ def create_network(source: str, num_classes: int, kwargs: dict[str, Any] | None 
     if not parsed.traced:
         raise SourceError(f"{source!r} is a zoo name: build it with build_backbone")
     return _FACTORIES[parsed.kind](parsed.name, num_classes, dict(kwargs or {})).eval()
-
-
-def default_normalization(channels: int) -> dict[str, list[float]]:
-    """torchvision's ImageNet statistics for RGB; mid-grey otherwise."""
-    if channels == 3:
-        return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    return {"mean": [0.5] * channels, "std": [0.25] * channels}
 
 
 def build_backbone(
