@@ -1,5 +1,6 @@
-"""Check this project's TensorRT calls against the real bindings of a TensorRT version,
-on a machine without a GPU.
+"""Check this project's device-side calls against the real packages, on a machine
+without a GPU: TensorRT (its bindings of 10.3, 10.13, 11.4), pycuda (its sources) and
+jetson-stats' jtop client (the package itself).
 
 The bindings wheels on PyPI (`tensorrt-cu12-bindings`, `tensorrt-cu13-bindings`) are
 real and small, but their `*-libs` wheels download from a host this machine cannot
@@ -15,6 +16,10 @@ exists; every call on a TensorRT object or class matches one of its signatures
 (argument count, keyword names); every attribute read exists and every attribute
 written is a settable property. `getattr(trt.X, name, default)` is a use the code
 feature-detects, so it is not required.
+
+pycuda does not build without a complete CUDA: the names the backend reads on pycuda
+objects are looked up in the sdist's driver wrapper (C++) and driver.py. jetson-stats is
+pure Python: its jtop class is inspected in a subprocess, from a private install.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 
@@ -304,6 +305,8 @@ class ServiceClient:
     Jetson): the same methods and properties, checked against the real class below. Samples
     arrive when the test says, as the service's broadcasts would."""
 
+    board_seconds = 100
+
     def __init__(self, interval=1.0) -> None:  # noqa: ANN001 - jtop's own signature
         self.interval = interval
         self._observers: list = []
@@ -311,6 +314,7 @@ class ServiceClient:
         self.temperature = {"cpu": {"temp": 50.5, "online": True}, "tj": {"temp": 52.0, "online": True}}
         self.power = {"rail": {"VDD_CPU_GPU_CV": {"power": 2500, "online": True}}, "tot": {"power": 7000}}
         self.nvpmodel = "15W"
+        self.uptime = datetime.timedelta(0)  # the service's stamp of its latest sample
 
     def attach(self, observer) -> None:  # noqa: ANN001 - jtop's own signature
         self._observers.append(observer)
@@ -319,7 +323,11 @@ class ServiceClient:
         self._running = True
         self.sample()  # jtop's start() waits for the first sample
 
-    def sample(self) -> None:
+    def sample(self, new: bool = True) -> None:
+        """A broadcast; `new=False` re-delivers the last one (what jtop does when its service stalls)."""
+        if new:
+            ServiceClient.board_seconds += 1  # one board, whichever client hears it
+            self.uptime = datetime.timedelta(seconds=ServiceClient.board_seconds)
         for observer in self._observers:
             observer(self)
 
@@ -341,7 +349,7 @@ def test_the_stand_in_has_the_real_jtop_clients_api() -> None:
 
     from tests.api_conformance import jtop_client_api
 
-    methods, properties = ["attach", "start", "ok", "close", "__init__"], ["temperature", "power", "nvpmodel", "stats"]
+    methods, properties = ["attach", "start", "ok", "close", "__init__"], ["temperature", "power", "nvpmodel", "uptime", "stats"]
     real = jtop_client_api(methods + properties)
     for name in methods:
         stand_in = [[p.name, repr(p.default)] for p in inspect.signature(getattr(ServiceClient, name)).parameters.values()]
@@ -365,6 +373,8 @@ def test_a_jtop_reading_is_dated_by_when_the_service_sampled_it(tmp_path: Path) 
     reading = source.read()
     assert reading.time == 10.0 and reading.temperatures == {"cpu": 50.5, "tj": 52.0}
     assert reading.trip_points == {"tj": {"hot": 99.0}} and reading.power_mw == 7000.0 and reading.nvpmodel == "15W"
+    clients[0].sample(new=False)  # a stalled service: the same sample again
+    assert source.read().time == 10.0
     clients[0].sample()
     assert source.read().time == 25.0
 

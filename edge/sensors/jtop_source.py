@@ -45,7 +45,8 @@ class JtopSource(SensorSource):
         self.interval = interval
         self._factory: ClientFactory = client_factory
         self._trips = _sysfs_trips(sysfs_root)
-        self._sampled: float | None = None  # our clock when the last sample arrived
+        self._sampled: float | None = None  # our clock when the last new sample arrived
+        self._stamp: Any = None  # that sample's board uptime, as the service stamped it
         self._lock = threading.Lock()
         try:
             self._client = self._connect()
@@ -58,9 +59,17 @@ class JtopSource(SensorSource):
         client.start()  # waits for the first sample
         return client
 
-    def _on_sample(self, _client: Any) -> None:
+    def _on_sample(self, client: Any) -> None:
+        """Called by jtop's thread per sample. A stalled service has it called again with
+        the last sample (jtop copies what it last got): only a new board uptime, which
+        the service stamps each sample with, is a new sample."""
+        try:
+            stamp = client.uptime
+        except self._errors:
+            return
         with self._lock:
-            self._sampled = self.clock()
+            if stamp != self._stamp:
+                self._stamp, self._sampled = stamp, self.clock()
 
     def read(self) -> Reading:
         if not self._alive():  # stopped: its thread ended, or a sample came late
