@@ -58,7 +58,14 @@ def device_engines(engines: Path, out: Path, inputs: Sequence[np.ndarray]) -> Ma
     if len(inputs) != source.num_exits:
         raise ValueError(f"need calibration inputs for each of the {source.num_exits} segments, got {len(inputs)}")
     shutil.copytree(engines, out)
-    manifest = load_manifest(out)
+    try:
+        return _add_variants(load_manifest(out), out, inputs)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a half-made folder would only be refused next time
+        raise
+
+
+def _add_variants(manifest: Manifest, out: Path, inputs: Sequence[np.ndarray]) -> Manifest:
     jobs = [
         QuantJob(manifest.path_of(s.file), out / f"{Path(s.file).stem}.int8-symmetric.onnx", s.input.name, x, "int8", symmetric=True)
         for s, x in zip(manifest.segments, inputs)

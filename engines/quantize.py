@@ -77,7 +77,8 @@ def _quantize_one(job: QuantJob) -> str:
             quantize_static(
                 str(job.source), str(tmp), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
                 per_channel=True, activation_type=activation, weight_type=QuantType.QInt8,
-                extra_options={"ActivationSymmetric": job.symmetric, "WeightSymmetric": True},
+                # TensorRT takes a float bias and quantizes it itself; an int32 Q/DQ bias it refuses
+                extra_options={"ActivationSymmetric": job.symmetric, "WeightSymmetric": True, "QuantizeBias": not job.symmetric},
             )
         return ""
     except Exception as exc:  # reported in the parent with the segment's name

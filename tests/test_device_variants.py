@@ -90,3 +90,19 @@ def test_an_existing_output_folder_is_refused(built_dir: Path, tmp_path: Path, c
         from engines.device_variants import device_engines
 
         device_engines(built_dir, tmp_path, [])
+
+
+def test_a_convolution_with_a_bias_quantizes_symmetric_with_a_float_bias(tmp_path: Path) -> None:
+    """TensorRT refuses an int32 Q/DQ bias (what onnxruntime's quantizer makes by default)."""
+    import torch
+
+    from engines.export import export_module
+    from engines.quantize import QuantJob, quantize_segments
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=True), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3, bias=True))
+    source = export_module(net, torch.rand(2, 3, 12, 12), tmp_path / "biased.onnx", "input", ["features"]).path
+    target = tmp_path / "biased.int8.onnx"
+    quantize_segments([QuantJob(source, target, "input", np.random.default_rng(0).random((16, 3, 12, 12), dtype=np.float32), "int8", symmetric=True)])
+    model = onnx.load(str(target))
+    assert qdq_problems(model) == [] and sum(n.op_type == "QuantizeLinear" for n in model.graph.node) >= 2
