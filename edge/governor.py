@@ -30,7 +30,7 @@ import math
 import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from edge.errors import ManifestError, UserError
 from edge.manifest import Manifest
@@ -104,12 +104,16 @@ class Rung:
     accuracy: float | None = None
 
 
-def ladder(manifest: Manifest, measured: dict[str, dict[str, float]] | None = None, names: Sequence[str] = ()) -> list[Rung]:
+def ladder(
+    manifest: Manifest, measured: dict[str, dict[str, float]] | None = None, names: Sequence[str] = (),
+    runnable: Collection[str] | None = None,
+) -> list[Rung]:
     """The operating points as a ladder, most accurate first. Costs come from `measured`
     (name -> {mean_ms, accuracy}), else from each point's `measured` in the manifest.
-    With `names` the order is the caller's; otherwise by cost, dominated points left off."""
+    With `names` the order is the caller's; otherwise by cost, dominated points left off,
+    among the `runnable` ones (default: all; a backend without the static engine)."""
     rungs = []
-    wanted = list(names) or [p.name for p in manifest.operating_points]
+    wanted = list(names) or [p.name for p in manifest.operating_points if runnable is None or p.name in runnable]
     for name in wanted:
         figures = (measured or {}).get(name) or manifest.point(name).measured
         if "mean_ms" not in figures:

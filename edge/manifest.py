@@ -16,8 +16,9 @@ from typing import Any, Sequence
 from edge.atomic import sha256_file, write_json_atomic
 from edge.errors import ManifestError
 
-SCHEMA_VERSION = 3  # 2 added score_outputs, variants, profile; 3 base variants (adaptive depth)
-READABLE_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4  # 2 added score_outputs, variants, profile; 3 base variants (adaptive depth); 4 static points
+READABLE_VERSIONS = (1, 2, 3, 4)
+CHAIN, STATIC = "chain", "static"  # what an operating point runs: the segment chain, or the static engine
 FULL, SKIP = "F", "T"  # a depth configuration's letters: stage runs whole, or skips its skippable half
 MANIFEST_NAME = "manifest.json"
 
@@ -96,7 +97,9 @@ class ExitInfo:
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """Exit thresholds (one per non-final exit; None = never exit there) and what was measured."""
+    """Exit thresholds (one per non-final exit; None = never exit there) and what was
+    measured. `engine` "static" runs the manifest's static model instead of the chain:
+    the point to serve where exits do not pay."""
 
     name: str
     thresholds: list[float | None]
@@ -104,6 +107,7 @@ class OperatingPoint:
     precision: str = "fp32"
     depth: str | None = None
     measured: dict[str, Any] = field(default_factory=dict)
+    engine: str = CHAIN
 
 
 @dataclass(frozen=True)
@@ -311,6 +315,7 @@ def _parse_point(p: dict[str, Any]) -> OperatingPoint:
     return OperatingPoint(
         name=p["name"], thresholds=thresholds, criterion=p.get("criterion", "entropy"),
         precision=p.get("precision", "fp32"), depth=p.get("depth"), measured=dict(p.get("measured", {})),
+        engine=str(p.get("engine", CHAIN)),
     )
 
 
@@ -332,6 +337,7 @@ def _check_consistency(m: Manifest, path: Path) -> None:
         if widths and widths[0] != len(m.classes):
             raise ManifestError(f"{path}: {segment.name} outputs {widths[0]} classes, the manifest lists {len(m.classes)}")
     for point in m.operating_points:
+        _check_engine(m, point, path)
         if len(point.thresholds) != len(m.segments) - 1:
             raise ManifestError(
                 f"{path}: operating point {point.name!r} has {len(point.thresholds)} thresholds "
@@ -353,6 +359,19 @@ def _check_consistency(m: Manifest, path: Path) -> None:
     m.point(m.default_operating_point)
 
 
+def _check_engine(m: Manifest, point: OperatingPoint, path: Path) -> None:
+    if point.engine not in (CHAIN, STATIC):
+        raise ManifestError(f"{path}: operating point {point.name!r} runs engine {point.engine!r}; it must be {CHAIN!r} or {STATIC!r}")
+    if point.engine != STATIC:
+        return
+    if m.schema_version < 4:
+        raise ManifestError(f"{path}: static operating points need schema version 4, this manifest says {m.schema_version}")
+    if m.static_model is None:
+        raise ManifestError(f"{path}: operating point {point.name!r} runs the static engine, which this manifest does not have")
+    if any(t is not None for t in point.thresholds) or point.precision != "fp32" or point.depth is not None:
+        raise ManifestError(f"{path}: static operating point {point.name!r} can have no thresholds, depth or precision but fp32")
+
+
 def _tensor_dict(t: TensorInfo) -> dict[str, Any]:
     return {"name": t.name, "shape": t.shape, "dtype": t.dtype}
 
@@ -370,4 +389,4 @@ def _point_dict(p: OperatingPoint) -> dict[str, Any]:
     return {
         "name": p.name, "thresholds": p.thresholds, "criterion": p.criterion,
         "precision": p.precision, "depth": p.depth, "measured": p.measured,
-    }
+    } | ({"engine": p.engine} if p.engine != CHAIN else {})

@@ -12,6 +12,7 @@ only picks which engine each segment call goes to: switching depth reloads nothi
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -21,8 +22,11 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from edge.backends import Backend, create_backend
-from edge.errors import InputError, ManifestError
-from edge.manifest import SKIP, Manifest, load_manifest
+from edge.backends.base import StaticEngine
+from edge.errors import BackendError, InputError, ManifestError
+from edge.manifest import SKIP, STATIC, Manifest, load_manifest
+
+log = logging.getLogger(__name__)
 
 NEVER = -math.inf  # no score passes: the exit is switched off and its segment runs as a trunk
 
@@ -53,6 +57,7 @@ class _Point(NamedTuple):
     precision: str
     depth: str
     steps: list[_Step]
+    static: bool = False  # runs the static engine (the chain's steps serve per-call overrides)
 
 
 class Runtime:
@@ -85,11 +90,16 @@ class Runtime:
         self.num_exits = self.manifest.num_exits
         self._exit_ids = [_read_only(np.array([k])) for k in range(self.num_exits)]  # batch-1 results share these
         self._point_cache: dict[str, _Point] = {}
-        self._point = self._resolved(operating_point or self.manifest.default_operating_point)
+        self._static, self._no_static = self._load_static()
+        self._point = self._resolved(operating_point or self._default_point())
 
     @property
     def operating_point(self) -> str:
         return self._point.name
+
+    def runnable_points(self) -> list[str]:
+        """The manifest's points this runtime can run (a static point needs the static engine)."""
+        return [p.name for p in self.manifest.operating_points if p.engine != STATIC or self._static is not None]
 
     def set_operating_point(self, name: str) -> None:
         """Switch between requests: one reference swap, so a running call keeps its point."""
@@ -132,7 +142,30 @@ class Runtime:
     def _resolve(self, name: str) -> _Point:
         point = self.manifest.point(name)
         depth = self.manifest.check_depth(point.depth)
-        return _Point(name, exit_limits(point.thresholds), point.criterion, point.precision, depth, self._steps(point.precision, depth))
+        if point.engine == STATIC and self._static is None:
+            raise ManifestError(f"operating point {name!r} runs the static engine: {self._no_static}")
+        steps = self._steps(point.precision, depth)
+        return _Point(name, exit_limits(point.thresholds), point.criterion, point.precision, depth, steps, point.engine == STATIC)
+
+    def _load_static(self) -> tuple[StaticEngine | None, str]:
+        """The static engine, where a point runs it; else why not (a backend without one)."""
+        if not any(p.engine == STATIC for p in self.manifest.operating_points):
+            return None, "this manifest has no static operating point"
+        try:
+            return self.backend.load_static(self.manifest), ""
+        except BackendError as exc:
+            return None, str(exc)
+
+    def _default_point(self) -> str:
+        """The manifest's default, unless it runs the static engine this backend lacks:
+        then the fastest measured chain point, said in the log."""
+        default = self.manifest.point(self.manifest.default_operating_point)
+        if default.engine != STATIC or self._static is not None:
+            return default.name
+        chain = [p for p in self.manifest.operating_points if p.engine != STATIC]
+        fallback = min(chain, key=lambda p: p.measured.get("mean_ms", math.inf)).name
+        log.warning("default point %r runs the static engine (%s); starting at %r", default.name, self._no_static, fallback)
+        return fallback
 
     def _steps(self, precision: str, depth: str) -> list[_Step]:
         """Each segment's engine under `precision` and `depth`; refuses engines not loaded.
@@ -168,7 +201,9 @@ class Runtime:
         if (precision is not None and precision != point.precision) or (depth is not None and depth != point.depth):
             name, steps = "custom", self._custom_steps(precision or point.precision, depth or point.depth)
         start = time.perf_counter()
-        if len(images) == 1:
+        if point.static and name == point.name:
+            probs, exits, segment_ms = self._infer_static(images)
+        elif len(images) == 1:
             probs, exits, segment_ms = self._infer_one(steps, images, limits, point_criterion)
         else:
             probs, exits, segment_ms = self._infer_batch(steps, images, limits, point_criterion)
@@ -190,6 +225,14 @@ class Runtime:
         except ManifestError as exc:
             raise InputError(str(exc)) from None
         return self._steps(precision, depth)
+
+    def _infer_static(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """The whole network in one engine: every sample leaves at the final exit."""
+        start = time.perf_counter()
+        probs = self._static(images)  # type: ignore[misc]
+        segment_ms = [0.0] * (self.num_exits - 1) + [(time.perf_counter() - start) * 1e3]
+        exits = self._exit_ids[-1] if len(images) == 1 else np.full(len(images), self.num_exits - 1, dtype=np.int64)
+        return probs, exits, segment_ms
 
     def _infer_one(self, steps: list[_Step], image: np.ndarray, limits: list[float], criterion: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
         segment_ms = [0.0] * self.num_exits

@@ -226,7 +226,7 @@ def adaptive_built(tmp_path_factory: pytest.TempPathFactory, adaptive_net, digit
 
 def test_every_stage_gets_a_base_engine_named_and_hashed_in_the_manifest(adaptive_built: Path) -> None:
     manifest = load_manifest(adaptive_built)
-    assert manifest.adaptive and manifest.schema_version == 3
+    assert manifest.adaptive and manifest.schema_version == 4
     assert [s.base["file"] for s in manifest.segments] == [f"segment_{k}.base.onnx" for k in range(3)]  # type: ignore[index]
     assert [p.depth for p in manifest.operating_points] == [None, "TTT", "TFT"]
     # the base engines are smaller graphs: the skippable block is not in them

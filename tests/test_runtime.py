@@ -408,3 +408,56 @@ def test_runtime_does_not_import_torch(built_dir: Path) -> None:
                           env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_a_static_point_runs_the_static_engine_and_a_backend_without_one_starts_elsewhere(built_copy: Path, real_images: np.ndarray) -> None:
+    import dataclasses
+
+    from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from edge.errors import BackendError, ManifestError
+    from edge.governor import ladder
+    from edge.manifest import STATIC, OperatingPoint, load_manifest, save_manifest
+
+    manifest = load_manifest(built_copy)
+    early = manifest.num_exits - 1
+    static = OperatingPoint("static", [None] * early, measured={"mean_ms": 0.05, "accuracy": 0.9}, engine=STATIC)
+    chain = [dataclasses.replace(p, measured={"mean_ms": 0.1 + k, "accuracy": 0.9}) for k, p in enumerate(manifest.operating_points)]
+    save_manifest(dataclasses.replace(manifest, operating_points=[*chain, static], default_operating_point="static"), built_copy / "manifest.json")
+    manifest = load_manifest(built_copy)
+    assert manifest.schema_version == 4 and manifest.point("static").engine == STATIC
+
+    runtime = Runtime(manifest)
+    result = runtime.infer(real_images[:5])
+    full = runtime.infer(real_images[:5], thresholds=[None] * early)
+    np.testing.assert_allclose(result.probabilities, full.probabilities, atol=1e-5)  # the same network, one engine
+    assert runtime.operating_point == "static" and (result.exits == early).all() and result.segment_ms[0] == 0.0
+    assert [r.point for r in ladder(manifest, runnable=runtime.runnable_points())][-1] == "static"  # the cheapest rung
+    runtime.close()
+
+    class NoStatic(OnnxRuntimeBackend):  # a backend that has no static engine (as TensorRT today)
+        def load_static(self, manifest):  # type: ignore[no-untyped-def]
+            raise BackendError("no static engine here")
+
+    other = Runtime(manifest, backend=NoStatic())
+    assert other.operating_point == chain[0].name and "static" not in other.runnable_points()  # the fastest chain point
+    with pytest.raises(ManifestError, match="runs the static engine: no static engine here"):
+        other.set_operating_point("static")
+    other.close()
+
+
+def test_a_static_point_with_thresholds_or_in_an_old_manifest_is_refused(built_copy: Path) -> None:
+    from edge.errors import ManifestError
+    from edge.manifest import load_manifest
+    from tests.conftest import read_manifest_json, write_manifest_json
+
+    data = read_manifest_json(built_copy)
+    early = len(data["segments"]) - 1
+    data["operating_points"].append({"name": "static", "thresholds": [0.5] + [None] * (early - 1), "engine": "static"})
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match="static operating point 'static' can have no thresholds"):
+        load_manifest(built_copy)
+    data["operating_points"][-1]["thresholds"] = [None] * early
+    data["schema_version"] = 3
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match="static operating points need schema version 4"):
+        load_manifest(built_copy)

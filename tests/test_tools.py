@@ -16,7 +16,7 @@ from calibration.data import load_digits
 from calibration.train import TrainConfig
 from edge.manifest import load_manifest
 from edge.runtime import Runtime
-from engines.checkpoint import load_checkpoint
+from engines.checkpoint import load_checkpoint, save_checkpoint
 from tools import build_engines, calibrate, quickstart, train
 from tools._cli import run_main
 
@@ -29,6 +29,8 @@ def test_quickstart_runs_end_to_end_on_digits(tmp_path: Path, capsys: pytest.Cap
     printed = capsys.readouterr().out
     assert "static model" in printed and "exit histogram" in printed
     summary = json.loads((tmp_path / "quickstart.json").read_text())
+    paid = summary["chain"]["mean_ms"] < summary["static"]["mean_ms"]
+    assert summary["verdict"] in printed and summary["verdict"].startswith("exits pay" if paid else "exits do not pay")
     chain = summary["chain"]
     assert chain["samples"] == len(load_digits("test"))
     assert sum(chain["exit_fractions"]) == pytest.approx(1.0)
@@ -142,7 +144,8 @@ def test_calibrate_end_to_end_on_digits(exit_checkpoint: Path, tmp_path: Path, c
     for point in manifest.operating_points:
         m = point.measured
         assert 0.0 <= m["accuracy"] <= 1.0 and m["mean_ms"] > 0 and m["p99_ms"] >= m["mean_ms"] * 0.5
-        assert m["predicted_mean_ms"] > 0
+        assert point.engine == "static" or m["predicted_mean_ms"] > 0
+    assert manifest.point("static").engine == "static" and report["verdict"] in printed
     assert len(report["temperatures"]) == 2 and all(row["temperature"] > 0 for row in report["temperatures"])
     assert report["budget"]["met"] is False
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -156,6 +159,41 @@ def test_calibrate_end_to_end_on_digits(exit_checkpoint: Path, tmp_path: Path, c
     fp32 = runtime.infer(load_digits("test").images[:20], precision="fp32", thresholds=[None])
     assert np.mean(int8.predictions == fp32.predictions) >= 0.8  # same model, quantized
     assert np.abs(int8.probabilities - fp32.probabilities).max() > 0  # really other engines
+
+
+def test_where_exits_cannot_pay_calibration_serves_the_static_engine_and_says_so(
+    exit_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A tiny network whose exits know nothing (untrained heads after layer1 and layer2):
+    no exit can be taken within 0.5 points, so every point runs the whole chain, three
+    engine calls against the static model's one."""
+    spec, static, _ = load_checkpoint(exit_checkpoint / "static.pt")
+    spec.split_points = ["layer1", "layer2"]
+    torch.manual_seed(0)
+    net = spec.build()  # fresh heads on ...
+    net.backbone.load_state_dict(static.state_dict())  # ... the trained static backbone
+    save_checkpoint(tmp_path / "blind.pt", spec, net, {})
+    args = ["--checkpoint", str(tmp_path / "blind.pt"), "--static", str(exit_checkpoint / "static.pt"), "--data", "digits",
+            "--out", str(tmp_path / "cal"), "--profile-calls", "60", "--no-int8"]
+    assert run_main(calibrate.main, args) == 0
+    printed = capsys.readouterr().out
+    manifest = load_manifest(tmp_path / "cal" / "engines")
+    figures = {p.name: (round(p.measured["mean_ms"], 4), p.measured["exit_fractions"]) for p in manifest.operating_points}
+    assert manifest.default_operating_point == "static" and manifest.point("static").engine == "static", figures
+    assert "exits do not pay on this model and this device: the static engine is faster" in printed
+    report = json.loads((tmp_path / "cal" / "calibration.json").read_text())
+    assert report["verdict"].startswith("exits do not pay")
+    images = load_digits("test").images[:20]
+    runtime = Runtime(manifest)  # starts at the default: the static engine
+    result = runtime.infer(images)
+    assert runtime.operating_point == "static" and (result.exits == runtime.num_exits - 1).all()
+    from calibration.evaluate import StaticModel
+
+    expected = StaticModel(manifest.path_of(manifest.static_model["file"])).predict(images)  # type: ignore[index]
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-6)
+    chain = runtime.infer(images, thresholds=[None, None])  # an override runs the chain at full depth
+    assert chain.operating_point == "custom" and chain.segment_ms[0] > 0
+    runtime.close()
 
 
 def test_budget_answer_picks_the_most_accurate_point_within_budget() -> None:

@@ -28,7 +28,7 @@ from calibration.train import set_threads
 from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
 from edge.errors import UserError
-from edge.manifest import MANIFEST_NAME, Manifest, OperatingPoint, load_manifest, save_manifest
+from edge.manifest import MANIFEST_NAME, STATIC, Manifest, OperatingPoint, load_manifest, save_manifest
 from edge.runtime import Runtime
 from engines.build import BuildOptions, build_engines
 from engines.checkpoint import ModelSpec, load_checkpoint
@@ -40,6 +40,7 @@ log = logging.getLogger("tools.calibrate")
 
 CRITERIA = ("entropy", "maxprob", "gate")
 # Accuracy drops (points) the named operating points allow against the final exit.
+STATIC_POINT = "static"  # the operating point that runs the static engine
 DROPS = {"accurate": 0.0, "careful": 0.25, "balanced": 0.5, "fast": 1.0, "saver": 2.0, "eco": 4.0}
 
 
@@ -196,7 +197,13 @@ def measure_points(runtime: Runtime, manifest: Manifest, plans: dict[str, Plan],
     precision, the chain with every exit computed (none taken) and with every exit off:
     segment costs under the very conditions the points ran in (this machine's speed
     drifts by tens of percent between runs), to check the latency model against."""
-    configs: dict[str, Config] = {n: runtime_config(runtime, p.thresholds, p.criterion, p.precision) for n, p in plans.items()}
+    # Points that run the same configuration (no exit taken under any criterion: the full
+    # chain) are measured once: measured apart, noise alone would rank them.
+    same = {name: _configuration(plan) for name, plan in plans.items()}
+    first = {key: name for name, key in reversed(same.items())}
+    configs: dict[str, Config] = {
+        name: runtime_config(runtime, plan.thresholds, plan.criterion, plan.precision) for name, plan in plans.items() if first[same[name]] == name
+    }
     early = runtime.num_exits - 1
     for precision in sorted({p.precision for p in plans.values()}):
         configs[f"profile/computed/{precision}"] = runtime_config(runtime, [NONE_PASS] * early, precision=precision)
@@ -204,7 +211,14 @@ def measure_points(runtime: Runtime, manifest: Manifest, plans: dict[str, Plan],
     if manifest.static_model is not None:
         configs["static"] = StaticModel(manifest.path_of(manifest.static_model["file"])).config()
     log.info("measuring %d configurations on %d test images at batch 1, interleaved", len(configs), len(test))
-    return measure_interleaved(configs, test)
+    measured = measure_interleaved(configs, test)
+    return measured | {name: measured[first[key]] for name, key in same.items()}
+
+
+def _configuration(plan: Plan) -> tuple[Any, ...]:
+    """What a point runs: its thresholds, and its criterion only where one is compared."""
+    criterion = plan.criterion if any(t is not None for t in plan.thresholds) else None
+    return tuple(plan.thresholds), criterion, plan.precision
 
 
 def interleaved_model(measured: dict[str, Any], precision: str) -> LatencyModel:
@@ -230,6 +244,12 @@ def write_points(
             "profile_predicted_mean_ms": models[plan.precision].predict(m.reach_fractions, plan.thresholds),
             "exit_fractions": m.exit_fractions, "calibration_accuracy": plan.accuracy, "batch": 1,
         }))
+    if "static" in measured:  # the static engine is a point too: served where exits do not pay
+        m = measured["static"]
+        early = len(next(iter(plans.values())).thresholds)
+        points.append(OperatingPoint(STATIC_POINT, [None] * early, measured={
+            "accuracy": m.accuracy, "mean_ms": m.mean_ms, "p99_ms": m.p99_ms, "exit_fractions": m.exit_fractions, "batch": 1,
+        }, engine=STATIC))
     profile = {"device": platform.processor() or platform.machine(), "threads": online_cores(), **profile_dicts(profiles)}
     default = best_point(points, measured, "balanced")
     updated = dataclasses.replace(manifest, operating_points=points, default_operating_point=default, profile=profile)
@@ -242,9 +262,25 @@ def profile_dicts(profiles: dict[str, dict[int, BatchProfile]]) -> dict[str, Any
 
 
 def best_point(points: list[OperatingPoint], measured: dict[str, Any], label: str) -> str:
-    """The fastest measured point among the criteria's `label` points."""
-    named = [p for p in points if p.name.endswith(f"-{label}")]
+    """The fastest measured point among the criteria's `label` points and the static
+    engine (the model the exits are measured against: within any accuracy target)."""
+    named = [p for p in points if p.name.endswith(f"-{label}") or p.engine == STATIC]
     return min(named, key=lambda p: measured[p.name].mean_ms).name if named else points[0].name
+
+
+def exits_verdict(report: dict[str, Any]) -> str:
+    """One plain line: do the exits pay on this model and this device?"""
+    points = {p["name"]: p for p in report["points"]}
+    default = points[report["default_operating_point"]]
+    chain = [p for p in report["points"] if p["name"].endswith("-balanced") and p["name"] != STATIC_POINT]
+    if default["name"] != STATIC_POINT:
+        static = points.get(STATIC_POINT)
+        versus = f" ({default['mean_ms'] / static['mean_ms']:.2f}x the static engine)" if static else ""
+        return f"exits pay here: the default point is {default['name']}, {default['mean_ms']:.3f} ms{versus}"
+    best = min(chain, key=lambda p: p["mean_ms"]) if chain else None
+    beaten = f" (the fastest exit point within 0.5 points, {best['name']}, measured {best['mean_ms']:.3f} ms)" if best else ""
+    return (f"exits do not pay on this model and this device: the static engine is faster, "
+            f"{default['mean_ms']:.3f} ms{beaten}; it is the default point")
 
 
 def make_report(
@@ -255,9 +291,11 @@ def make_report(
     static = measured.get("static")
     points = []
     for point in manifest.operating_points:
-        plan = plans[point.name]
         row = {"name": point.name, "criterion": point.criterion, "thresholds": point.thresholds, "precision": point.precision}
-        row |= point.measured | {"feasible_on_calibration": plan.feasible, "calibration_predicted_ms": plan.predicted_ms}
+        row |= {"engine": point.engine} | point.measured
+        plan = plans.get(point.name)  # the static point has no plan: nothing was predicted
+        if plan is not None:
+            row |= {"feasible_on_calibration": plan.feasible, "calibration_predicted_ms": plan.predicted_ms}
         points.append(row)
     report: dict[str, Any] = {
         "checkpoint": str(args.checkpoint), "data": args.data, "test_samples": len(test), "threads": online_cores(),
@@ -275,6 +313,7 @@ def make_report(
         "points": points, "default_operating_point": manifest.default_operating_point,
         "manifest": str(manifest.root / MANIFEST_NAME),
     }
+    report["verdict"] = exits_verdict(report)
     if args.budget_ms is not None:
         report["budget"] = budget_answer(args.budget_ms, points)
     return report
@@ -305,8 +344,10 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"{'point':>22} {'acc':>7} {'mean ms':>8} {'vs static':>9} {'predicted':>9} {'p99 ms':>7}  exits")
     for p in sorted(report["points"], key=lambda p: (p["precision"], p["criterion"], p["mean_ms"])):
         ratio = f"{p['mean_ms'] / static['mean_ms']:.2f}x" if static else "-"
-        print(f"{p['name']:>22} {p['accuracy']:7.2%} {p['mean_ms']:8.3f} {ratio:>9} {p['predicted_mean_ms']:9.3f} {p['p99_ms']:7.3f}  "
+        predicted = f"{p['predicted_mean_ms']:9.3f}" if "predicted_mean_ms" in p else f"{'-':>9}"
+        print(f"{p['name']:>22} {p['accuracy']:7.2%} {p['mean_ms']:8.3f} {ratio:>9} {predicted} {p['p99_ms']:7.3f}  "
               + " ".join(f"{f:.0%}" for f in p["exit_fractions"]))
+    print(report["verdict"])
     if "budget" in report:
         print("budget query: " + report["budget"]["message"])
 

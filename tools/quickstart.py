@@ -75,6 +75,14 @@ def load_splits(args: argparse.Namespace) -> tuple[Dataset, Dataset, Dataset]:
     return train, calibration, test
 
 
+def verdict(static: Measurement, chain: Measurement) -> str:
+    """One plain line: do the exits pay here?"""
+    if chain.mean_ms < static.mean_ms:
+        return f"exits pay on this model and this device: {chain.mean_ms / static.mean_ms:.2f}x the static model's latency"
+    return (f"exits do not pay on this model and this device ({chain.mean_ms:.3f} ms against the static model's "
+            f"{static.mean_ms:.3f} ms): serve the static engine (edge-calibrate makes it the default point where it is faster)")
+
+
 def report(args: argparse.Namespace, static: Measurement, chain: Measurement, threshold: float | None, out: Path) -> None:
     print(f"\n{args.arch} on {args.data}: {chain.samples} test images, batch 1, onnxruntime CPU")
     print(f"{'':>22} {'accuracy':>9} {'mean ms':>8} {'p99 ms':>8}")
@@ -83,7 +91,9 @@ def report(args: argparse.Namespace, static: Measurement, chain: Measurement, th
     print(f"{label:>22} {chain.accuracy:9.2%} {chain.mean_ms:8.3f} {chain.p99_ms:8.3f}")
     print(f"speed-up: {static.mean_ms / chain.mean_ms:.2f}x   accuracy change: {100 * (chain.accuracy - static.accuracy):+.2f} points")
     print("exit histogram: " + "  ".join(f"exit {k}: {f:.1%}" for k, f in enumerate(chain.exit_fractions)))
-    summary = {"static": static.to_dict(), "chain": chain.to_dict(), "threshold": threshold, "manifest": str(out / "engines" / "manifest.json")}
+    print(verdict(static, chain))
+    summary = {"static": static.to_dict(), "chain": chain.to_dict(), "threshold": threshold, "manifest": str(out / "engines" / "manifest.json"),
+               "verdict": verdict(static, chain)}
     (out / "quickstart.json").write_text(json.dumps(summary, indent=2))
     print(f"manifest: {out / 'engines' / 'manifest.json'}   summary: {out / 'quickstart.json'}")
 

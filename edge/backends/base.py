@@ -9,11 +9,14 @@ compaction goes through `take`, which a GPU backend implements as a device gathe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from edge.errors import BackendError
 from edge.manifest import Manifest
+
+StaticEngine = Callable[[np.ndarray], np.ndarray]  # host images -> host probabilities
 
 Features = Any  # backend-owned; the runtime only hands it back
 
@@ -46,6 +49,10 @@ class Backend(ABC):
         either leaves the other working) but the same feature space: features one
         produces, the other's engines take."""
         raise NotImplementedError(f"the {self.name} backend cannot load a second set of engines")
+
+    def load_static(self, manifest: Manifest) -> StaticEngine:
+        """The manifest's static model as one engine (for static operating points)."""
+        raise BackendError(f"the {self.name} backend cannot run the static engine")
 
     @abstractmethod
     def upload(self, images: np.ndarray) -> Features:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge.backends.base import Backend, ExitOutput, Features
+from edge.backends.base import Backend, ExitOutput, Features, StaticEngine
 from edge.errors import BackendError, ManifestError, MissingDependencyError
 from edge.manifest import Manifest, SegmentInfo
 
@@ -124,6 +124,18 @@ class OnnxRuntimeBackend(Backend):
         if self.trunks:
             trunks = [self._trunk_session(path, s, options) for path, s in zip(files, manifest.segments[:-1])]
             self._trunk_runners = [self.runner(session) for session in trunks]
+
+    def load_static(self, manifest: Manifest) -> StaticEngine:
+        if manifest.static_model is None:
+            raise ManifestError(f"{manifest.name}: no static model in the manifest")
+        path = manifest.path_of(manifest.static_model["file"])
+        session = self.open_session(path)
+        feed = [i.name for i in session.get_inputs()]
+        if len(feed) != 1 or "probs" not in {o.name for o in session.get_outputs()}:
+            raise ManifestError(f"{path}: the static engine must take one input and output 'probs'")
+        self._sessions.append(session)  # closed with the rest
+        run = self.runner(session)
+        return lambda images: run(["probs"], {feed[0]: images}, None)[0]
 
     def _trunk_session(self, path: Path, segment: SegmentInfo, options: Any) -> Any:
         import onnx

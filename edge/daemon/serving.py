@@ -212,7 +212,8 @@ class GovernorLoop:
     def __init__(self, model: Model, source: SensorSource, policy: Policy, tick_s: float, metrics: Registry) -> None:
         assert model.runtime is not None
         self.model, self.source, self.tick_s, self.metrics = model, source, tick_s, metrics
-        self.governor = Governor(ladder(model.runtime.manifest, names=policy.points), policy, self._apply)
+        runtime = model.runtime
+        self.governor = Governor(ladder(runtime.manifest, names=policy.points, runnable=runtime.runnable_points()), policy, self._apply)
         self._stop = threading.Event()
         self._latencies: list[float] = []
         self._lock = threading.Lock()
