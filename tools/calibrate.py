@@ -272,7 +272,7 @@ def exits_verdict(report: dict[str, Any]) -> str:
     """One plain line: do the exits pay on this model and this device?"""
     points = {p["name"]: p for p in report["points"]}
     default = points[report["default_operating_point"]]
-    chain = [p for p in report["points"] if p["name"].endswith("-balanced") and p["name"] != STATIC_POINT]
+    chain = [p for p in report["points"] if p["name"].endswith("-balanced")]
     if default["name"] != STATIC_POINT:
         static = points.get(STATIC_POINT)
         versus = f" ({default['mean_ms'] / static['mean_ms']:.2f}x the static engine)" if static else ""
