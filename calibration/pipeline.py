@@ -92,6 +92,8 @@ def multi_exit_model(
     recipe = _recipe(cfg, mode, static)
     if distill is not None:  # only when used: older checkpoints keep matching their recipe
         recipe["distill"] = dataclasses.asdict(distill)
+    if exit_weights is not None:
+        recipe["exit_weights"] = [float(w) for w in exit_weights]
     reused = _reusable(path, spec, recipe, cfg.epochs)
     if reused is not None:
         return reused  # type: ignore[return-value]

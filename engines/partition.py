@@ -86,11 +86,26 @@ class MultiExitNetwork(nn.Module):
             logits.append(out)
         return logits
 
+    def with_exits(self, chosen: Sequence[int]) -> "MultiExitNetwork":
+        """This network with only the early exits `chosen` (indices, increasing): the same
+        backbone and the same heads, shared, not copied."""
+        if not chosen:
+            raise ValueError("a multi-exit network needs at least one early exit; without, it is the backbone")
+        heads = [self.exit_heads[i] for i in chosen]
+        net = MultiExitNetwork(self.backbone, [self.splits[i] for i in chosen], self.head_spec, _head_classes(heads[0]))
+        net.exit_heads = nn.ModuleList(heads)
+        net.segments = nn.ModuleList(net._build_segments())
+        return net
+
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.exit_heads.parameters())
+
+
+def _head_classes(head: nn.Module) -> int:
+    return [m for m in head.modules() if isinstance(m, nn.Linear)][-1].out_features
 
 
 def _num_classes(backbone: BlockBackbone) -> int:

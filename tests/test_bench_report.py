@@ -1,49 +1,58 @@
-"""The benchmark's report: its PNG and its printed table, from a report of the bench's shape."""
+"""The benchmark's report: its summary figures, its PNG and its printed table, from a
+report of the bench's shape."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tools.bench import print_summary
+from tools.bench import print_summary, summary_entry
 from tools.bench_plot import plot_bench
 
 
-def point(accuracy: float, mean_ms: float, threshold: float | None, exits: list[float]) -> dict[str, object]:
+def timed(accuracy: float, mean_ms: float, ratio: float, predicted: float, exits: list[float]) -> dict[str, Any]:
+    return {"accuracy": accuracy, "mean_ms": mean_ms, "ratio": ratio, "predicted_ms": predicted, "exit_fractions": exits}
+
+
+def model(chain_accuracy: float, chain_ms: float) -> dict[str, Any]:
+    chain = {
+        "point": timed(chain_accuracy, chain_ms, chain_ms, chain_ms * 1.05, [0.6, 0.4]),
+        "full": timed(0.92, 1.1, 1.1, 1.1, [0.0, 1.0]), "exits": ["layer1.1"], "oracle_ms": 0.4, "oracle_ratio": 0.4,
+    }
+    int8 = {"point": timed(0.915, 0.45, 0.9, 0.45, [0.6, 0.4]), "full": timed(0.92, 0.55, 1.1, 0.5, [0.0, 1.0]), "exits": ["layer1.1"]}
+    placement = {"chosen": ["layer1.1"], "predicted": {"chosen": {"predicted_ms": 0.5}, "fixed": {"predicted_ms": 0.7}}}
     return {
-        "accuracy": accuracy, "mean_ms": mean_ms, "p50_ms": mean_ms, "p99_ms": 2 * mean_ms, "exit_fractions": exits,
-        "samples": 100, "segment_ms": [0.1, 0.1, 0.1], "threshold": threshold,
-        "predicted_mean_ms": mean_ms * 1.02, "throughput_b64": 1000.0,
+        "test_samples": 100, "static": {"accuracy": 0.92, "mean_ms": 1.0}, "static_int8": {"accuracy": 0.918, "mean_ms": 0.5},
+        "max_drop": 0.005, "placements": {"joint": placement}, "sets": {"joint/chosen": chain, "int8-joint/chosen": int8},
     }
 
 
-def report() -> dict[str, object]:
-    variant = {
-        "segment_ms": [0.1, 0.1, 0.1],
-        "full_depth": point(0.9, 0.33, None, [0.0, 0.0, 1.0]),
-        "exits_evaluated": point(0.9, 0.36, -1.0, [0.0, 0.0, 1.0]),
-        "sweep": [point(0.9, 0.3, 0.1, [0.1, 0.1, 0.8]), point(0.85, 0.2, 0.5, [0.5, 0.2, 0.3])],
-        "calibrated": point(0.89, 0.25, 0.3, [0.3, 0.2, 0.5]),
-        "oracle_mean_ms": 0.15,
-        "exit_accuracy": [0.7, 0.8, 0.9],
-    }
-    static = {"accuracy": 0.9, "mean_ms": 0.32, "p50_ms": 0.31, "p99_ms": 0.5, "throughput_b64": 3000.0}
-    return {"dataset": "digits", "test_samples": 100, "models": {"tiny": {"static": static, "variants": {"joint": variant}}}}
+def test_the_summary_takes_the_fastest_point_within_the_target_static_included() -> None:
+    paying = summary_entry("m", model(chain_accuracy=0.917, chain_ms=0.5))
+    assert paying["best_fp32"]["point"] == "joint/chosen"
+    assert paying["best_fp32"]["accuracy_drop_pt"] == pytest.approx(0.3)
+    assert paying["best_fp32"]["ratio"] == 0.5 and paying["best_fp32"]["vs_own_oracle"] == pytest.approx(1.25)
+    assert paying["best_int8"]["point"] == "int8-joint/chosen" and paying["best_int8"]["ratio_vs_static_int8"] == 0.9
+    assert paying["full_depth_ratio"] == 1.1 and paying["oracle_ratio"] == 0.4
+    assert paying["worst_predicted_error"] == pytest.approx(0.1)  # int8 at full depth: 0.55 measured, 0.5 predicted
+    # exits that lose more accuracy than the target allows, or time: the static engine is the answer
+    assert summary_entry("m", model(chain_accuracy=0.90, chain_ms=0.5))["best_fp32"]["point"] == "static"
+    slow = summary_entry("m", model(chain_accuracy=0.92, chain_ms=1.2))
+    assert slow["best_fp32"] == {"point": "static", "accuracy_drop_pt": 0.0, "ratio": 1.0}
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "bench.png"
-    plot_bench(report(), path)
+    plot_bench({"models": {"tiny": model(0.917, 0.5)}}, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 10_000
 
 
-def test_summary_prints_ratios_against_static(capsys: pytest.CaptureFixture[str]) -> None:
-    print_summary(report())
+def test_the_printed_table_gives_ratios_and_the_placement(capsys: pytest.CaptureFixture[str]) -> None:
+    print_summary({"models": {"tiny": model(0.917, 0.5)}})
     out = capsys.readouterr().out
-    assert "== tiny: static 90.00% 0.320 ms/img" in out
-    assert "(0.78x)" in out  # calibrated 0.25 ms / static 0.32 ms
-    assert "calibrated H<=0.3" in out and "oracle 0.150 ms" in out
-    assert "full depth, exits off acc 90.00%  mean 0.330 ms (1.03x)" in out
-    assert "exits computed, none taken acc 90.00%  mean 0.360 ms (1.12x)" in out
+    assert "== tiny: static 92.00%, 1.000 ms" in out
+    assert "joint: exits placed at layer1.1; predicted 0.500 ms against 0.700 ms at layer1, layer2" in out
+    assert "joint/chosen: 91.70% 0.500 ms (0.50x, predicted 0.525)  full depth 1.100x, oracle 0.40x  exits 60%, 40%" in out

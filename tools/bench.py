@@ -1,9 +1,12 @@
-"""Benchmark: static model vs the segment chain (full depth and entropy exits) on
-onnxruntime, for a ResNet-20-class and a larger model; exits trained frozen, jointly,
-jointly with self-distillation, and jointly with conv heads.
+"""Benchmark: early exits on converged models against their static model, onnxruntime
+on the CPU, batch 1. Exits are placed by measurement (from a candidate exit after
+every block, the set with the lowest predicted mean latency at the accuracy target),
+trained on the frozen backbone or jointly (both distilled from the final exit), and
+compared with the fixed `layer1,layer2` set; fp32 and INT8 (against the static model
+quantized the same way).
 
     edge-bench --train-only     # train (checkpoints cached under --out)
-    edge-bench                  # build, measure, write bench.json and bench.png
+    edge-bench                  # place exits, build, measure, write docs/results/bench*.json
 """
 
 from __future__ import annotations
@@ -11,24 +14,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from calibration import pipeline
-from calibration.data import Dataset, load_dataset
-from calibration.evaluate import (
-    Config, Measurement, StaticModel, measure_interleaved, measure_throughput, runtime_config, segment_latencies,
-)
+from calibration.data import Dataset, fit_images, load_dataset
+from calibration.evaluate import Config, Measurement, StaticModel, measure_interleaved, runtime_config
 from calibration.exits import exit_table, oracle_reach, predicted_latency
-from calibration.latency import NONE_PASS
-from calibration.train import Distillation, TrainConfig, set_threads
+from calibration.int8 import PRECISION as INT8, engine_table, fastest_int8
+from calibration.latency import NONE_PASS, LatencyModel
+from calibration.placement import CandidateCosts, Placement, candidate_costs, evaluate_set, place_exits
+from calibration.thresholds import Target, search_thresholds
+from calibration.train import Distillation, TrainConfig, exit_accuracies, set_threads
 from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
 from edge.runtime import Runtime
 from engines.backbone import BlockBackbone
-from engines.heads import HeadSpec
 from engines.partition import MultiExitNetwork
+from engines.quantize import QuantJob, quantize_segments
 from tools._cli import run_main
 from tools.bench_plot import plot_bench
 
@@ -37,47 +41,41 @@ log = logging.getLogger("tools.bench")
 
 @dataclass(frozen=True)
 class ModelRecipe:
-    arch: str
-    kwargs: dict[str, Any]
-    train_samples: int
-    epochs: int  # the static backbone's
-    exit_epochs: int = 1  # frozen heads, or joint fine-tuning from the static backbone
-    joint_lr: float = 0.05
+    """How one benchmark model is trained: the static network as far as this machine
+    allows, then exit heads after every candidate block."""
+
+    source: str
+    epochs: int  # the static network's
+    train_samples: int = 0  # 0: the whole training pool (the training split less the calibration split)
+    input_shape: tuple[int, int, int] | None = None  # None: the data's own
+    exit_samples: int = 0  # 0: as train_samples
+    joint_lr: float = 0.01
+    test_samples: int = 0  # 0: the whole test split
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 MODELS = {
-    "resnet20": ModelRecipe("resnet20", {}, 30000, 2),
-    # the larger model: about 2.7 ms per image at batch 1 on 2 cores
-    "resnet32-wide": ModelRecipe("resnet32", {"widths": [32, 64, 128]}, 15000, 2),
+    # the ResNet-20 class: about 0.4 ms per image at batch 1 on 2 cores
+    "resnet20": ModelRecipe("resnet20", epochs=8),
+    # the larger: 27 blocks, about 1.2 ms
+    "resnet56": ModelRecipe("resnet56", epochs=3, train_samples=30000, test_samples=5000),
+    # realistic compute: torchvision's ResNet-18 at its standard stem, Fashion-MNIST at 3x96x96
+    "tv_resnet18-96": ModelRecipe(
+        "torchvision:resnet18", epochs=2, train_samples=25000, input_shape=(3, 96, 96), exit_samples=10000, test_samples=2000,
+    ),
 }
-SPLITS = ["layer1", "layer2"]
-
-
-@dataclass(frozen=True)
-class ExitRecipe:
-    mode: str  # "frozen" or "joint"
-    distill: Distillation | None = None
-    head: HeadSpec = HeadSpec()
-
-
-VARIANTS = {
-    "frozen": ExitRecipe("frozen"),
-    "joint": ExitRecipe("joint"),
-    "joint-distill": ExitRecipe("joint", Distillation(weight=0.5, temperature=3.0)),
-    # a 16-channel conv3x3 before pooling: about one backbone conv at the first exit
-    "joint-convhead": ExitRecipe("joint", head=HeadSpec(conv_channels=16)),
-}
-THRESHOLDS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.8, 1.1]
+DISTILL = Distillation(weight=0.5, temperature=3.0)
+EXIT_MODES = ("frozen", "joint")  # both distilled from the final exit; the better one is kept
+EARLY_WEIGHTS_SUM = 2.0  # joint training: the early exits' loss weights together (the final exit's is 1)
+FIXED_EXITS = ["layer1", "layer2"]
 
 
 @dataclass
-class Variant:
-    """One multi-exit network under test, with its engines loaded."""
-
-    mode: str
-    net: MultiExitNetwork
-    runtime: Runtime
-    calibrated: float | None
+class ModelData:
+    train: Dataset
+    exit_train: Dataset
+    calibration: Dataset
+    test: Dataset
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,143 +83,272 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated exit recipes, from {', '.join(VARIANTS)}")
     p.add_argument("--train-only", action="store_true", help="train and checkpoint, measure nothing")
-    p.add_argument("--test-samples", type=int, default=0, help="0 = the whole test split")
-    p.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)))
-    p.add_argument("--max-drop", type=float, default=0.005, help="for the calibrated point: accuracy drop vs the final exit")
+    p.add_argument("--results", type=Path, default=Path("docs/results"), help="where bench.json, bench.png and bench-summary.json go")
+    p.add_argument("--max-drop", type=float, default=0.5, help="accuracy target: points below the static model")
+    p.add_argument("--margin", type=float, default=0.15, help="points kept in hand when choosing on the calibration split")
+    p.add_argument("--criterion", default="entropy", choices=["entropy", "maxprob"])
+    p.add_argument("--cost-samples", type=int, default=600, help="calibration images timed for the candidate costs")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_threads()
+    names = args.models.split(",")
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
     train_all = load_dataset(args.data, "train")
     test = load_dataset(args.data, "test")
-    train_pool, calibration = train_all.split(5000 / len(train_all), seed=0)
-    if args.test_samples:
-        test = test.subset(slice(0, args.test_samples))
-    thresholds = [float(t) for t in args.thresholds.split(",")]
-    results = {}
-    for name in args.models.split(","):
-        if name not in MODELS:
-            raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    # the 5000 images the quickstart and edge-calibrate hold out too (a fifth of a small dataset)
+    train_pool, calibration = train_all.split(min(5000, len(train_all) // 5) / len(train_all), seed=0)
+    results: dict[str, Any] = {}
+    for name in names:
         recipe = MODELS[name]
-        train = train_pool.subset(slice(0, recipe.train_samples))
-        static, nets = train_model(recipe, train, args.out / name, args.variants.split(","))
+        data = model_data(recipe, train_pool, calibration, test)
+        static, nets = train_model(recipe, data, args.out / name)
         if not args.train_only:
-            results[name] = measure_model(name, static, nets, train, calibration, test, thresholds, args)
+            results[name] = measure_model(name, data, static, nets, args)
     if not args.train_only:
-        report = {
-            "dataset": args.data, "test_samples": len(test), "backend": "onnxruntime CPU",
-            "threads": online_cores(), "thresholds": thresholds, "models": results,
-        }
-        write_json_atomic(args.out / "bench.json", report)
-        plot_bench(report, args.out / "bench.png")
+        report = {"dataset": args.data, "backend": "onnxruntime CPU", "threads": online_cores(), "max_drop_pt": args.max_drop,
+                  "criterion": args.criterion, "models": results}
+        write_json_atomic(args.results / "bench.json", report)
+        write_json_atomic(args.results / "bench-summary.json", [summary_entry(name, r) for name, r in results.items()])
+        plot_bench(report, args.results / "bench.png")
         print_summary(report)
-        print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+        print(f"wrote bench.json, bench.png and bench-summary.json to {args.results}")
     return 0
 
 
-def train_model(recipe: ModelRecipe, train: Dataset, out: Path, variants: list[str]) -> tuple[BlockBackbone, dict[str, MultiExitNetwork]]:
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown exit variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+def model_data(recipe: ModelRecipe, pool: Dataset, calibration: Dataset, test: Dataset) -> ModelData:
+    """The model's splits, resized to its input shape (only the images it uses)."""
+    train = pool.subset(slice(0, recipe.train_samples or len(pool)))
+    exit_train = train.subset(slice(0, recipe.exit_samples or len(train)))
+    test = test.subset(slice(0, recipe.test_samples or len(test)))
+    parts = [train, exit_train, calibration, test]
+    if recipe.input_shape is not None and tuple(recipe.input_shape) != train.input_shape:
+        parts = [dataclasses.replace(d, images=fit_images(d.images, recipe.input_shape)) for d in parts]
+        parts[1] = parts[0].subset(slice(0, len(exit_train)))  # a view, not a second copy
+    return ModelData(*parts)
+
+
+def candidate_exits(backbone: BlockBackbone) -> list[str]:
+    """Every block inside a stage, the last one excepted (its exit is the final one)."""
+    inside = [n for n in backbone.block_names if any(n.startswith(f"{stage}.") for stage in backbone.stage_starts)]
+    return inside[:-1]
+
+
+def train_model(recipe: ModelRecipe, data: ModelData, out: Path) -> tuple[BlockBackbone, dict[str, MultiExitNetwork]]:
     cfg = TrainConfig(epochs=recipe.epochs, flip=True, shift=1)
-    spec = pipeline.backbone_spec(recipe.arch, train, **recipe.kwargs)
-    static = pipeline.static_model(spec, train, cfg, out / "static.pt")
-    exit_cfg = {
-        "frozen": dataclasses.replace(cfg, epochs=recipe.exit_epochs),
-        "joint": dataclasses.replace(cfg, epochs=recipe.exit_epochs, lr=recipe.joint_lr),
-    }
+    spec = pipeline.backbone_spec(recipe.source, data.train, **recipe.kwargs)
+    static = pipeline.static_model(spec, data.train, cfg, out / "static.pt")
+    exit_spec = dataclasses.replace(spec, split_points=candidate_exits(static))
+    early = len(exit_spec.split_points)
     nets = {}
-    for variant in variants:
-        exits = VARIANTS[variant]
-        exit_spec = pipeline.backbone_spec(recipe.arch, train, **recipe.kwargs)
-        exit_spec.split_points = list(SPLITS)
-        exit_spec.head = exits.head.to_dict() if exits.head != HeadSpec() else {}
-        nets[variant] = pipeline.multi_exit_model(
-            exit_spec, exits.mode, train, exit_cfg[exits.mode], out / f"{variant}.pt", static=static, distill=exits.distill,
+    for mode in EXIT_MODES:
+        mode_cfg = dataclasses.replace(cfg, epochs=1, lr=recipe.joint_lr if mode == "joint" else cfg.lr)
+        weights = [EARLY_WEIGHTS_SUM / early] * early + [1.0] if mode == "joint" else None
+        nets[mode] = pipeline.multi_exit_model(
+            exit_spec, mode, data.exit_train, mode_cfg, out / f"{mode}.pt", static=static, exit_weights=weights, distill=DISTILL,
         )
     return static, nets
 
 
-def measure_model(
-    name: str, static: BlockBackbone, nets: dict[str, MultiExitNetwork], train: Dataset,
-    calibration: Dataset, test: Dataset, thresholds: list[float], args: argparse.Namespace,
-) -> dict[str, Any]:
-    variants = []
+# --- measurement ---------------------------------------------------------------------
+
+
+@dataclass
+class ExitSet:
+    """One exit set of one trained network, built and with its thresholds."""
+
+    label: str  # "frozen/chosen", "joint/fixed", ...
+    placement: Placement
+    net: MultiExitNetwork
+    runtime: Runtime
+
+
+def measure_model(name: str, data: ModelData, static: BlockBackbone, nets: dict[str, MultiExitNetwork], args: argparse.Namespace) -> dict[str, Any]:
+    out = args.out / name
+    static_cal = exit_accuracies(static, data.calibration)[0]
+    target = Target(max_drop=(args.max_drop - args.margin) / 100, reference_accuracy=static_cal)
+    sets: list[ExitSet] = []
+    placements: dict[str, Any] = {}
+    static_path: Path | None = None
     for mode, net in nets.items():
-        manifest = pipeline.build(net, train, args.out / name / mode / "engines", f"{name}-{mode}", static=static)
-        runtime = Runtime(manifest)
-        picked, _ = pipeline.pick_threshold(net, calibration, segment_latencies(runtime, calibration), args.max_drop)
-        variants.append(Variant(mode, net, runtime, picked))
-    manifest = variants[0].runtime.manifest
-    static_model = StaticModel(manifest.path_of(manifest.static_model["file"]))  # type: ignore[index]
-    configs: dict[str, Config] = {"static": static_model.config()}
-    for v in variants:
-        configs |= {f"{v.mode}/{label}": runtime_config(v.runtime, t) for label, t in variant_points(v, thresholds).items()}
-    log.info("%s: %d configurations x %d test images, interleaved", name, len(configs), len(test))
-    measured = measure_interleaved(configs, test)
-    result: dict[str, Any] = {
-        "static": measured["static"].to_dict() | {"throughput_b64": measure_throughput(static_model.predict, test)},
-        "variants": {v.mode: variant_report(v, measured, thresholds, test) for v in variants},
-    }
-    return result
-
-
-def variant_points(v: Variant, thresholds: list[float]) -> dict[str, list[float | None]]:
-    early = v.runtime.num_exits - 1
-    # "full": exits switched off (segments run as trunks); "evaluated": exits computed, none taken.
-    points: dict[str, list[float | None]] = {"full": [None] * early, "evaluated": [NONE_PASS] * early}
-    points |= {f"H<={t}": [t] * early for t in thresholds}
-    if v.calibrated is not None:
-        points["calibrated"] = [v.calibrated] * early
-    return points
-
-
-def variant_report(v: Variant, measured: dict[str, Measurement], thresholds: list[float], test: Dataset) -> dict[str, Any]:
-    # Every segment ran, exit included, for every image: the cost a threshold point pays per segment.
-    segment_ms = measured[f"{v.mode}/evaluated"].segment_ms or []
-
-    def point(label: str, t: list[float | None], costs: list[float] = segment_ms) -> dict[str, Any]:
-        m = measured[f"{v.mode}/{label}"]
-        return m.to_dict() | {
-            "threshold": t[0],
-            "predicted_mean_ms": predicted_latency(m.reach_fractions, costs),
-            "throughput_b64": measure_throughput(lambda x: v.runtime.infer(x, t), test),
+        candidates = pipeline.build(net, data.calibration, out / mode / "candidates", f"{name}-{mode}-candidates", static=static)
+        static_path = candidates.path_of(candidates.static_model["file"])  # type: ignore[index]
+        costs = measure_costs(Runtime(candidates), StaticModel(static_path), data.calibration.subset(slice(0, args.cost_samples)))
+        table = exit_table(net, data.calibration)
+        chosen = place_exits(table, costs, target, args.criterion)
+        fixed = evaluate_set(table, costs, [net.splits.index(net.backbone.resolve_split(p)) for p in FIXED_EXITS], target, args.criterion, 24)
+        names = net.exit_names()
+        placements[mode] = {
+            "candidates": names[:-1], "costs": dataclasses.asdict(costs),
+            "calibration_exit_accuracy": [float((p == table.labels).mean()) for p in table.predictions],
+            "chosen": [names[i] for i in chosen.chosen],
+            "predicted": {"chosen": plan_dict(chosen), "fixed": plan_dict(fixed)},
         }
+        log.info("%s/%s: exits at %s, predicted %.3f ms (fixed %s: %.3f ms)", name, mode, placements[mode]["chosen"], chosen.plan.predicted_ms, FIXED_EXITS, fixed.plan.predicted_ms)
+        for kind, placement in (("chosen", chosen), ("fixed", fixed)):
+            if not placement.chosen:
+                continue  # no exit pays: the static engine is the answer
+            subset = net.with_exits(placement.chosen)
+            manifest = pipeline.build(subset, data.calibration, out / mode / kind, f"{name}-{mode}-{kind}", static=static)
+            sets.append(ExitSet(f"{mode}/{kind}", placement, subset, Runtime(manifest)))
+    assert static_path is not None
+    best_fp32 = min(sets, key=lambda s: (not s.placement.plan.feasible, s.placement.plan.predicted_ms))
+    int8 = int8_chain(best_fp32, data, static_path, target, args.criterion)
+    measured = measure_interleaved(test_configs(static_path, sets, int8, args.criterion), data.test)
+    return model_report(data, measured, sets, int8, placements, static_cal) | {"max_drop": args.max_drop / 100}
 
-    points = variant_points(v, thresholds)
-    table = exit_table(v.net, test)
+
+def measure_costs(runtime: Runtime, static: StaticModel, data: Dataset) -> CandidateCosts:
+    """The chain cut at every candidate, each exit computed and each off, against the
+    uncut network, interleaved."""
+    early = runtime.num_exits - 1
+    m = measure_interleaved(
+        {"static": static.config(), "off": runtime_config(runtime, [None] * early), "evaluated": runtime_config(runtime, [NONE_PASS] * early)},
+        data, progress=False,
+    )
+    off = m["off"].segment_ms or []
+    return candidate_costs(m["evaluated"].segment_ms or [], off[:-1], m["off"].mean_ms - sum(off), m["static"].mean_ms)
+
+
+def plan_dict(p: Placement) -> dict[str, Any]:
+    return {"exits": p.chosen, "thresholds": p.plan.thresholds, "calibration_accuracy": p.plan.accuracy,
+            "predicted_ms": p.plan.predicted_ms, "feasible": p.plan.feasible, "exit_fractions": p.plan.exit_fractions}
+
+
+@dataclass
+class Int8Chain:
+    label: str
+    exits: list[str]
+    runtime: Runtime
+    thresholds: list[float | None]
+    static_path: Path
+    static_activation: str
+
+
+def int8_chain(exits: ExitSet, data: ModelData, static_path: Path, target: Target, criterion: str) -> Int8Chain:
+    """The chosen chain's INT8 engines with thresholds chosen on their own outputs, and the
+    static model quantized the same way (same activation type, calibration images)."""
+    images = data.calibration.images[:512]
+    manifest, timings = fastest_int8(exits.runtime.manifest, exits.runtime, images)
+    runtime = Runtime(manifest, precisions=[INT8])
+    activation = min(timings, key=timings.__getitem__)
+    quantized = static_path.with_name(f"static.int8-{activation}.onnx")
+    quantize_segments([QuantJob(static_path, quantized, StaticModel(static_path).input_name, images, activation)])
+    table = engine_table(runtime, data.calibration, INT8, sorted({"entropy", criterion}))
+    cost = exits.placement.model  # fp32 costs: the thresholds only need their order
+    plan = search_thresholds(table, criterion, cost, target, 24, INT8)
+    return Int8Chain(f"int8-{exits.label}", exits.net.exit_names()[:-1], runtime, plan.thresholds, quantized, activation)
+
+
+def test_configs(static_path: Path, sets: list[ExitSet], int8: Int8Chain, criterion: str) -> dict[str, Config]:
+    configs: dict[str, Config] = {"static": StaticModel(static_path).config(), "static-int8": StaticModel(int8.static_path).config()}
+    for s in sets:
+        early = s.runtime.num_exits - 1
+        configs[f"{s.label}/point"] = runtime_config(s.runtime, s.placement.plan.thresholds, criterion)
+        configs[f"{s.label}/evaluated"] = runtime_config(s.runtime, [NONE_PASS] * early, criterion)
+        configs[f"{s.label}/full"] = runtime_config(s.runtime, [None] * early)
+    early = int8.runtime.num_exits - 1
+    configs[f"{int8.label}/point"] = runtime_config(int8.runtime, int8.thresholds, criterion, INT8)
+    configs[f"{int8.label}/evaluated"] = runtime_config(int8.runtime, [NONE_PASS] * early, criterion, INT8)
+    configs[f"{int8.label}/full"] = runtime_config(int8.runtime, [None] * early, None, INT8)
+    return configs
+
+
+def latency_model(measured: dict[str, Measurement], label: str) -> LatencyModel:
+    """Per-segment costs from the same run: every exit computed, and every exit off."""
+    evaluated, full = measured[f"{label}/evaluated"], measured[f"{label}/full"]
+    trunks = full.segment_ms or []
+    return LatencyModel(evaluated.segment_ms or [], trunks[:-1], full.mean_ms - sum(trunks))
+
+
+def point_report(measured: dict[str, Measurement], label: str, thresholds: list[float | None], static_ms: float) -> dict[str, Any]:
+    model = latency_model(measured, label)
+    point, full = measured[f"{label}/point"], measured[f"{label}/full"]
+    predicted = model.predict(point.reach_fractions, thresholds)
     return {
-        "segment_ms": segment_ms,
-        "full_depth": point("full", points["full"], measured[f"{v.mode}/full"].segment_ms or []),
-        "exits_evaluated": point("evaluated", points["evaluated"]),
-        "sweep": [point(f"H<={t}", points[f"H<={t}"]) for t in thresholds],
-        "calibrated": point("calibrated", points["calibrated"]) if "calibrated" in points else None,
-        "oracle_mean_ms": predicted_latency(oracle_reach(table), segment_ms),
-        "exit_accuracy": [float((p == table.labels).mean()) for p in table.predictions],
+        "point": point.to_dict() | {"thresholds": thresholds, "predicted_ms": predicted, "ratio": point.mean_ms / static_ms},
+        "full": full.to_dict() | {"predicted_ms": model.predict([1.0] * len(full.exit_fractions), [None] * (len(full.exit_fractions) - 1)),
+                                  "ratio": full.mean_ms / static_ms},
+        "model": model.to_dict(),
     }
+
+
+def model_report(
+    data: ModelData, measured: dict[str, Measurement], sets: list[ExitSet], int8: Int8Chain, placements: dict[str, Any], static_cal: float,
+) -> dict[str, Any]:
+    static = measured["static"]
+    report: dict[str, Any] = {
+        "test_samples": len(data.test), "static": static.to_dict() | {"calibration_accuracy": static_cal},
+        "static_int8": measured["static-int8"].to_dict() | {"activation": int8.static_activation},
+        "placements": placements, "sets": {},
+    }
+    for s in sets:
+        entry = point_report(measured, s.label, s.placement.plan.thresholds, static.mean_ms)
+        table = exit_table(s.net, data.test)
+        oracle = entry["model"]["overhead_ms"] + predicted_latency(oracle_reach(table), entry["model"]["segment_ms"])
+        entry |= {"exits": s.net.exit_names()[:-1], "oracle_ms": oracle, "oracle_ratio": oracle / static.mean_ms,
+                  "test_exit_accuracy": [float((p == table.labels).mean()) for p in table.predictions]}
+        report["sets"][s.label] = entry
+    entry = point_report(measured, int8.label, int8.thresholds, measured["static-int8"].mean_ms)
+    report["sets"][int8.label] = entry | {"exits": int8.exits}
+    return report
+
+
+def summary_entry(name: str, r: dict[str, Any]) -> dict[str, Any]:
+    """The acceptance figures of one model. The static engine is a candidate for the best
+    point too (ratio 1): where no exit set meets the target faster, it is the answer."""
+    static = r["static"]
+    chains = {k: v for k, v in r["sets"].items() if not k.startswith("int8-")}
+    fp32 = {k: (v["point"]["accuracy"], v["point"]["ratio"]) for k, v in chains.items()} | {"static": (static["accuracy"], 1.0)}
+    best = _best_within(fp32, static["accuracy"], r["max_drop"])
+    int8_label = next(k for k in r["sets"] if k.startswith("int8-"))
+    int8_point = r["sets"][int8_label]["point"]
+    int8 = {int8_label: (int8_point["accuracy"], int8_point["ratio"]), "static-int8": (r["static_int8"]["accuracy"], 1.0)}
+    best8 = _best_within(int8, static["accuracy"], r["max_drop"])
+    errors = [abs(v[kind]["mean_ms"] / v[kind]["predicted_ms"] - 1) for v in r["sets"].values() for kind in ("point", "full")]
+    oracle = min(chains, key=lambda k: chains[k]["oracle_ratio"])
+    entry: dict[str, Any] = {
+        "model": name,
+        "static_accuracy": static["accuracy"],
+        "static_ms": static["mean_ms"],
+        "oracle_ratio": chains[oracle]["oracle_ratio"],
+        "full_depth_ratio": max(v["full"]["ratio"] for v in chains.values()),
+        "best_fp32": {"point": best, "accuracy_drop_pt": 100 * (static["accuracy"] - fp32[best][0]), "ratio": fp32[best][1]},
+        "best_int8": {"point": best8, "accuracy_drop_pt": 100 * (static["accuracy"] - int8[best8][0]), "ratio_vs_static_int8": int8[best8][1],
+                      "static_int8_ratio": r["static_int8"]["mean_ms"] / static["mean_ms"]},
+        "worst_predicted_error": max(errors),
+    }
+    if best in chains:
+        entry["best_fp32"] |= {"exits": chains[best]["exits"], "vs_own_oracle": chains[best]["point"]["mean_ms"] / chains[best]["oracle_ms"]}
+    return entry
+
+
+def _best_within(points: dict[str, tuple[float, float]], static_accuracy: float, max_drop: float) -> str:
+    """The fastest point at most `max_drop` below the static model (the most accurate if none is)."""
+    within = [k for k, (accuracy, _) in points.items() if static_accuracy - accuracy <= max_drop + 1e-12]
+    if not within:
+        return max(points, key=lambda k: points[k][0])
+    return min(within, key=lambda k: points[k][1])
 
 
 def print_summary(report: dict[str, Any]) -> None:
-    for name, model in report["models"].items():
-        static = model["static"]
-        print(f"\n== {name}: static {static['accuracy']:.2%} {static['mean_ms']:.3f} ms/img (batch 1), {static['throughput_b64']:.0f} img/s (batch 64)")
-        for mode, v in model["variants"].items():
-            rows = [("full depth, exits off", v["full_depth"]), ("exits computed, none taken", v["exits_evaluated"])] + [(f"H<={p['threshold']}", p) for p in v["sweep"]]
-            if v["calibrated"]:
-                rows.append((f"calibrated H<={v['calibrated']['threshold']}", v["calibrated"]))
-            segments = ", ".join(f"{ms:.3f}" for ms in v["segment_ms"])
-            print(f"  {mode} exits: per-exit accuracy {', '.join(f'{a:.1%}' for a in v['exit_accuracy'])}; segments {segments} ms; oracle {v['oracle_mean_ms']:.3f} ms")
-            for label, p in rows:
-                print(
-                    f"    {label:>28} acc {p['accuracy']:.2%}  mean {p['mean_ms']:.3f} ms ({p['mean_ms'] / static['mean_ms']:.2f}x)"
-                    f"  predicted {p['predicted_mean_ms']:.3f} ({p['mean_ms'] / p['predicted_mean_ms'] - 1:+.1%})"
-                    f"  p50 {p['p50_ms']:.3f}  p99 {p['p99_ms']:.3f}  b64 {p['throughput_b64']:.0f}/s"
-                    f"  exits {', '.join(f'{f:.0%}' for f in p['exit_fractions'])}"
-                )
+    for name, r in report["models"].items():
+        static = r["static"]
+        print(f"\n== {name}: static {static['accuracy']:.2%}, {static['mean_ms']:.3f} ms (batch 1, {r['test_samples']} test images); "
+              f"static int8 {r['static_int8']['accuracy']:.2%}, {r['static_int8']['mean_ms']:.3f} ms")
+        for mode, p in r["placements"].items():
+            print(f"  {mode}: exits placed at {', '.join(p['chosen']) or 'none (static)'}; predicted {p['predicted']['chosen']['predicted_ms']:.3f} ms"
+                  f" against {p['predicted']['fixed']['predicted_ms']:.3f} ms at {', '.join(FIXED_EXITS)}")
+        for label, s in r["sets"].items():
+            point, full = s["point"], s["full"]
+            oracle = f", oracle {s['oracle_ratio']:.2f}x" if "oracle_ratio" in s else ""
+            print(f"  {label:>22}: {point['accuracy']:.2%} {point['mean_ms']:.3f} ms ({point['ratio']:.2f}x, predicted {point['predicted_ms']:.3f})"
+                  f"  full depth {full['ratio']:.3f}x{oracle}  exits {', '.join(f'{f:.0%}' for f in point['exit_fractions'])}")
 
 
 def cli() -> int:
