@@ -48,10 +48,10 @@ class Measurement:
 
 def runtime_config(
     runtime: Runtime, thresholds: Sequence[float | None] | None = None, criterion: str | None = None, precision: str | None = None,
-    depth: str | None = None, point_name: str | None = None,
+    depth: str | None = None, point_name: str | None = None, whole: bool = True,
 ) -> Config:
     def run(image: np.ndarray) -> tuple[int, int, Sequence[float]]:
-        result = runtime.infer(image, thresholds, criterion, precision, depth, point_name)
+        result = runtime.infer(image, thresholds, criterion, precision, depth, point_name, whole)
         return int(result.predictions[0]), int(result.exits[0]), result.segment_ms
 
     return run

@@ -77,7 +77,7 @@ def measure_entry(entry: IntakeEntry, out_dir: Path, images: int = 300, seed: in
     runtime = Runtime(out_dir / "engines")
     static = StaticModel(manifest.path_of(manifest.static_model["file"]))  # type: ignore[index]
     off = [None] * (net.num_exits - 1)
-    measured = measure_interleaved({"static": static.config(), "chain": runtime_config(runtime, off)}, data, progress=False, block=50)
+    measured = measure_interleaved({"static": static.config(), "chain": runtime_config(runtime, off, whole=False)}, data, progress=False, block=50)
     runtime.close()
     return {
         "source": entry.source, "input_shape": list(entry.input_shape), "kwargs": entry.kwargs,

@@ -8,6 +8,8 @@ point's mean latency as
 
 where cost_k is the segment's mean time with its exit computed, or as a trunk when the
 point switches that exit off, and overhead is what one call costs outside the segments.
+A point with every exit off runs the whole engine where the manifest has one: its
+measured call time.
 """
 
 from __future__ import annotations
@@ -42,8 +44,11 @@ class LatencyModel:
     segment_ms: list[float]  # exit computed
     trunk_ms: list[float]  # exit off (non-final segments only)
     overhead_ms: float
+    whole_ms: float | None = None  # one call of the whole engine (every exit off), if it runs one
 
     def predict(self, reach: Sequence[float], thresholds: Sequence[float | None]) -> float:
+        if self.whole_ms is not None and all(t is None for t in thresholds):
+            return self.whole_ms
         total = self.overhead_ms
         for k, fraction in enumerate(reach):
             off = k < len(thresholds) and thresholds[k] is None
@@ -55,7 +60,8 @@ class LatencyModel:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LatencyModel":
-        return cls(list(data["segment_ms"]), list(data["trunk_ms"]), float(data["overhead_ms"]))
+        whole = data.get("whole_ms")
+        return cls(list(data["segment_ms"]), list(data["trunk_ms"]), float(data["overhead_ms"]), None if whole is None else float(whole))
 
 
 @dataclass(frozen=True)
@@ -86,29 +92,32 @@ def profile_runtime(
             raise ValueError(f"batch {batch} needs at least {batch} images, got {len(images)}")
         starts = np.arange(calls) * batch % (len(images) - batch + 1)
         evaluated = _time_calls(runtime, images, starts, batch, [NONE_PASS] * early, criterion, precision, warmup, progress)
-        trunks = _time_calls(runtime, images, starts, batch, [None] * early, criterion, precision, warmup, progress)
+        trunks = _time_calls(runtime, images, starts, batch, [None] * early, criterion, precision, warmup, progress, whole=False)
+        whole = None
+        if runtime.has_whole and precision in (None, "fp32"):
+            whole = float(np.mean(_time_calls(runtime, images, starts, batch, [None] * early, criterion, precision, warmup, progress)[0]))
         walls, segments = evaluated
         overhead = float(np.mean(walls - segments.sum(axis=1)))
         segment_timings = [Timing.of(segments[:, k]) for k in range(runtime.num_exits)]
         trunk_timings = [Timing.of(trunks[1][:, k]) for k in range(early)]
-        model = LatencyModel([t.mean_ms for t in segment_timings], [t.mean_ms for t in trunk_timings], overhead)
+        model = LatencyModel([t.mean_ms for t in segment_timings], [t.mean_ms for t in trunk_timings], overhead, whole)
         profiles[batch] = BatchProfile(batch, segment_timings, trunk_timings, Timing.of(walls), model)
     return profiles
 
 
 def _time_calls(
     runtime: Runtime, images: np.ndarray, starts: np.ndarray, batch: int, thresholds: list[float | None],
-    criterion: str | None, precision: str | None, warmup: int, progress: bool,
+    criterion: str | None, precision: str | None, warmup: int, progress: bool, whole: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Wall time of each call and its per-segment times, in ms."""
     for s in starts[:warmup]:
-        runtime.infer(images[s : s + batch], thresholds, criterion, precision)
+        runtime.infer(images[s : s + batch], thresholds, criterion, precision, whole=whole)
     walls = np.empty(len(starts))
     segments = np.empty((len(starts), runtime.num_exits))
     label = "exits computed" if thresholds and thresholds[0] is not None else "exits off"
     for i, s in enumerate(tqdm(starts, desc=f"profile batch {batch}, {label}", disable=not progress, leave=False)):
         t0 = time.perf_counter()
-        result = runtime.infer(images[s : s + batch], thresholds, criterion, precision)
+        result = runtime.infer(images[s : s + batch], thresholds, criterion, precision, whole=whole)
         walls[i] = (time.perf_counter() - t0) * 1e3
         segments[i] = result.segment_ms
     return walls, segments

@@ -124,6 +124,9 @@ class Manifest:
     batch: dict[str, int]
     build: dict[str, Any]
     static_model: dict[str, str] | None = None
+    # the chain's own network in one engine (fp32, full depth): a point with every exit off
+    # runs it instead of the segments, without a boundary between them
+    whole_model: dict[str, str] | None = None
     profile: dict[str, Any] | None = None  # latencies measured on the device (calibration.latency)
     tensorrt: dict[str, Any] | None = None  # plans built on a device: version, gpu, compute_capability, plans
     schema_version: int = SCHEMA_VERSION
@@ -176,6 +179,7 @@ class Manifest:
             "batch": self.batch,
             "build": self.build,
             "static_model": self.static_model,
+            "whole_model": self.whole_model,
             "profile": self.profile,
             "tensorrt": self.tensorrt,
         }
@@ -223,6 +227,8 @@ def _named_files(manifest: Manifest) -> list[tuple[str, str]]:
     files += [(s.base["file"], s.base["sha256"]) for s in manifest.segments if s.base is not None]
     if manifest.static_model is not None:
         files.append((manifest.static_model["file"], manifest.static_model["sha256"]))
+    if manifest.whole_model is not None and manifest.whole_model != manifest.static_model:
+        files.append((manifest.whole_model["file"], manifest.whole_model["sha256"]))
     files += [(p["file"], p["sha256"]) for p in (manifest.tensorrt or {}).get("plans", {}).values()]
     return files
 
@@ -248,6 +254,7 @@ def _parse(data: Any, path: Path) -> Manifest:
             batch={k: int(v) for k, v in data["batch"].items()},
             build=dict(data["build"]),
             static_model=_parse_file_entry(data.get("static_model")),
+            whole_model=_parse_file_entry(data.get("whole_model")),
             profile=_parse_profile(data.get("profile")),
             tensorrt=_parse_tensorrt(data.get("tensorrt")),
             schema_version=version,

@@ -58,6 +58,7 @@ class _Point(NamedTuple):
     depth: str
     steps: list[_Step]
     static: bool = False  # runs the static engine (the chain's steps serve per-call overrides)
+    all_off: bool = False  # every exit off at fp32 and full depth: the whole engine can run it
 
 
 class Runtime:
@@ -91,11 +92,17 @@ class Runtime:
         self._exit_ids = [_read_only(np.array([k])) for k in range(self.num_exits)]  # batch-1 results share these
         self._point_cache: dict[str, _Point] = {}
         self._static, self._no_static = self._load_static()
+        self._whole = self._load_whole()
         self._point = self._resolved(operating_point or self._default_point())
 
     @property
     def operating_point(self) -> str:
         return self._point.name
+
+    @property
+    def has_whole(self) -> bool:
+        """Whether points with every exit off (fp32, full depth) run as one engine."""
+        return self._whole is not None
 
     def runnable_points(self) -> list[str]:
         """The manifest's points this runtime can run (a static point needs the static engine)."""
@@ -145,7 +152,8 @@ class Runtime:
         if point.engine == STATIC and self._static is None:
             raise ManifestError(f"operating point {name!r} runs the static engine: {self._no_static}")
         steps = self._steps(point.precision, depth)
-        return _Point(name, exit_limits(point.thresholds), point.criterion, point.precision, depth, steps, point.engine == STATIC)
+        limits = exit_limits(point.thresholds)
+        return _Point(name, limits, point.criterion, point.precision, depth, steps, point.engine == STATIC, self._all_off(limits, point.precision, depth))
 
     def _load_static(self) -> tuple[StaticEngine | None, str]:
         """The static engine, where a point runs it; else why not (a backend without one)."""
@@ -155,6 +163,19 @@ class Runtime:
             return self.backend.load_static(self.manifest), ""
         except BackendError as exc:
             return None, str(exc)
+
+    def _load_whole(self) -> StaticEngine | None:
+        """The chain's network in one engine, where the manifest has one and the backend runs it."""
+        whole = self.manifest.whole_model
+        if whole is None:
+            return None
+        if whole == self.manifest.static_model and self._static is not None:
+            return self._static  # the same file: one session
+        try:
+            return self.backend.load_whole(self.manifest)
+        except BackendError as exc:
+            log.info("points with every exit off run through the segments: %s", exc)
+            return None
 
     def _default_point(self) -> str:
         """The manifest's default, unless it runs the static engine this backend lacks:
@@ -181,11 +202,13 @@ class Runtime:
 
     def infer(
         self, images: np.ndarray, thresholds: Sequence[float | None] | None = None, criterion: str | None = None,
-        precision: str | None = None, depth: str | None = None, point_name: str | None = None,
+        precision: str | None = None, depth: str | None = None, point_name: str | None = None, whole: bool = True,
     ) -> InferenceResult:
         """Classify a (n, C, H, W) float32 batch at the current operating point, or at
         `point_name` for this call only. `thresholds`, `criterion`, `precision` and
-        `depth` override the point's."""
+        `depth` override the point's. With every exit off at fp32 and full depth the call
+        runs the manifest's whole engine, where it has one (`whole=False`: through the
+        segments, e.g. to time them)."""
         self.check_input(images)
         point = self._point  # one read: a concurrent switch does not split this call
         if point_name is not None and point_name != point.name:
@@ -201,8 +224,13 @@ class Runtime:
         if (precision is not None and precision != point.precision) or (depth is not None and depth != point.depth):
             name, steps = "custom", self._custom_steps(precision or point.precision, depth or point.depth)
         start = time.perf_counter()
-        if point.static and name == point.name:
-            probs, exits, segment_ms = self._infer_static(images)
+        single = self._static if point.static and name == point.name else None
+        if single is None and whole and self._whole is not None:
+            own = name == point.name
+            if point.all_off if own else self._all_off(limits, precision or point.precision, depth or point.depth):
+                single = self._whole
+        if single is not None:
+            probs, exits, segment_ms = self._infer_single(single, images)
         elif len(images) == 1:
             probs, exits, segment_ms = self._infer_one(steps, images, limits, point_criterion)
         else:
@@ -226,10 +254,14 @@ class Runtime:
             raise InputError(str(exc)) from None
         return self._steps(precision, depth)
 
-    def _infer_static(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    @staticmethod
+    def _all_off(limits: list[float], precision: str, depth: str) -> bool:
+        return precision == "fp32" and SKIP not in depth and all(limit == NEVER for limit in limits[:-1])
+
+    def _infer_single(self, engine: StaticEngine, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
         """The whole network in one engine: every sample leaves at the final exit."""
         start = time.perf_counter()
-        probs = self._static(images)  # type: ignore[misc]
+        probs = engine(images)
         segment_ms = [0.0] * (self.num_exits - 1) + [(time.perf_counter() - start) * 1e3]
         exits = self._exit_ids[-1] if len(images) == 1 else np.full(len(images), self.num_exits - 1, dtype=np.int64)
         return probs, exits, segment_ms

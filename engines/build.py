@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -65,13 +65,13 @@ def build_engines(
     with _at_depth(net, "super"):  # the full engines (and a static model from this backbone), whatever depth it was left at
         graphs = export_segments(net, out_dir, example, temperatures, gates)
         check_segments(net, exportable_segments(net, temperatures, gates), graphs, real_inputs, options.random_check_batches)
-        static = None
+        static = whole = None
         if options.include_static:
             backbone = static_backbone if static_backbone is not None else net.backbone
-            graph = export_static(backbone, out_dir / "static.onnx", example)
-            _check(ExportableStatic(backbone), graph, _check_batches(real_inputs, options.random_check_batches))
-            static = {"file": graph.path.name, "sha256": sha256_file(graph.path)}
+            static = _export_whole(backbone, out_dir / "static.onnx", example, real_inputs, options)
+            whole = static if backbone is net.backbone else _export_whole(net.backbone, out_dir / "whole.onnx", example, real_inputs, options)
     manifest = describe(net, graphs, classes, points, options, static, out_dir, temperatures, base_graphs)
+    manifest = replace(manifest, whole_model=whole)
     save_manifest(manifest, out_dir / MANIFEST_NAME)
     return manifest
 
@@ -133,6 +133,13 @@ def _check(module: torch.nn.Module, graph: ExportedGraph, batches: list[np.ndarr
     diff = max_abs_diff_vs_torch(module, graph, batches, relative=True)
     if not diff <= TOLERANCE:
         raise ExportMismatchError(f"{graph.path}: max |onnx - torch| / max(1, |torch|) = {diff:.3g} exceeds {TOLERANCE}")
+
+
+def _export_whole(backbone: torch.nn.Module, path: Path, example: torch.Tensor, real_inputs: np.ndarray, options: BuildOptions) -> dict[str, str]:
+    """A whole network in one engine, checked against torch: the static model, or the chain's own."""
+    graph = export_static(backbone, path, example)
+    _check(ExportableStatic(backbone), graph, _check_batches(real_inputs, options.random_check_batches))
+    return {"file": graph.path.name, "sha256": sha256_file(graph.path)}
 
 
 def describe(

@@ -55,4 +55,4 @@ def test_the_printed_table_gives_ratios_and_the_placement(capsys: pytest.Capture
     out = capsys.readouterr().out
     assert "== tiny: static 92.00%, 1.000 ms" in out
     assert "joint: exits placed at layer1.1; predicted 0.500 ms against 0.700 ms at layer1, layer2" in out
-    assert "joint/chosen: 91.70% 0.500 ms (0.50x, predicted 0.525)  full depth 1.100x, oracle 0.40x  exits 60%, 40%" in out
+    assert "joint/chosen: 91.70% 0.500 ms (0.50x, predicted 0.525)  full depth 1.100x (chain 1.100x), oracle 0.40x  exits 60%, 40%" in out

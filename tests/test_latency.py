@@ -27,6 +27,10 @@ def test_profile_times_every_segment_with_and_without_its_exit(built_dir: Path, 
         assert p.model.segment_ms == [t.mean_ms for t in p.segments]
         # one call is its segments plus the measured overhead, by construction of the model
         assert p.model.predict([1, 1, 1], [-1.0, -1.0]) == pytest.approx(p.call.mean_ms, rel=1e-9)
+        # every exit off runs the whole engine: its own measured call, not the trunks' sum
+        assert p.model.whole_ms is not None and p.model.predict([1, 1, 1], [None, None]) == p.model.whole_ms
+        assert p.model.predict([1, 1, 1], [None, -1.0]) == pytest.approx(p.model.overhead_ms + p.model.trunk_ms[0] + sum(p.model.segment_ms[1:]))
+        assert type(p.model).from_dict(p.model.to_dict()) == p.model
     assert runtime.operating_point == "full"  # profiling changes nothing
 
 

@@ -151,7 +151,45 @@ def test_batch_of_one_agrees_with_batch(runtime: Runtime, reference: Reference, 
         assert one.predictions[0] == batch.predictions[i]
         np.testing.assert_allclose(one.probabilities[0], batch.probabilities[i], rtol=0, atol=1e-5)
         executed = [ms > 0 for ms in one.segment_ms]
-        assert executed == [k <= one.exits[0] for k in range(3)], f"sample {i}: {one.segment_ms}"
+        # every exit off: the whole engine, one call, its time in the final slot
+        expected = [False, False, True] if setting == "never" else [k <= one.exits[0] for k in range(3)]
+        assert executed == expected, f"sample {i}: {one.segment_ms}"
+
+
+def test_every_exit_off_runs_the_whole_engine_equal_to_the_chain(runtime: Runtime, real_images: np.ndarray) -> None:
+    assert runtime.has_whole  # built without a separate static backbone: the static file is the whole engine
+    whole = runtime.infer(real_images, thresholds=[None, None])
+    chain = runtime.infer(real_images, thresholds=[None, None], whole=False)
+    np.testing.assert_allclose(whole.probabilities, chain.probabilities, rtol=0, atol=1e-5)
+    assert (whole.exits == 2).all() and (chain.exits == 2).all()
+    one = runtime.infer(np.ascontiguousarray(real_images[:1]), thresholds=[None, None])
+    assert one.segment_ms[:2] == [0.0, 0.0] and one.segment_ms[2] > 0
+    through = runtime.infer(np.ascontiguousarray(real_images[:1]), thresholds=[None, None], whole=False)
+    assert all(ms > 0 for ms in through.segment_ms)
+    # an exit on, or a custom point of the same thresholds: the chain decides
+    assert runtime.infer(np.ascontiguousarray(real_images[:1]), thresholds=[None, 1e9]).exits[0] == 1
+
+
+def test_a_fine_tuned_chain_gets_its_own_whole_engine(net, digits_test, tmp_path: Path) -> None:
+    import copy
+
+    import torch
+
+    from engines.build import BuildOptions, build_engines
+
+    static = copy.deepcopy(net.backbone)
+    with torch.no_grad():
+        static.head[-1].bias.add_(1.0)  # another network than the chain's
+    manifest = build_engines(net, tmp_path, digits_test.classes, digits_test.images[:16], options=BuildOptions(name="w"), static_backbone=static)
+    assert manifest.whole_model is not None and manifest.whole_model["file"] == "whole.onnx"
+    assert manifest.whole_model != manifest.static_model
+    runtime = Runtime(tmp_path)
+    x = np.ascontiguousarray(digits_test.images[:8])
+    whole = runtime.infer(x, thresholds=[None, None])
+    np.testing.assert_allclose(whole.probabilities, runtime.infer(x, thresholds=[None, None], whole=False).probabilities, rtol=0, atol=1e-5)
+    (tmp_path / "whole.onnx").write_bytes((tmp_path / "whole.onnx").read_bytes()[:-8])
+    with pytest.raises(ManifestError, match="whole.onnx"):
+        Runtime(tmp_path)
 
 
 def test_threshold_comparison_is_inclusive(runtime: Runtime, real_images: np.ndarray) -> None:
@@ -230,8 +268,11 @@ def test_switched_off_exits_are_not_computed(built_dir, reference: Reference, re
     np.testing.assert_array_equal(result.exits, exits)
     np.testing.assert_allclose(result.probabilities, probs, rtol=0, atol=1e-5)
     backend.calls.clear()
-    rt.infer(x, thresholds=[None, None])
+    rt.infer(x, thresholds=[None, None], whole=False)
     assert [index for index, _ in backend.calls] == [-1, -2, 2]
+    backend.calls.clear()
+    rt.infer(x, thresholds=[None, None])  # the whole engine: no segment at all
+    assert backend.calls == []
 
 
 @pytest.mark.parametrize("batch", [1, 7])
@@ -244,7 +285,7 @@ def test_exit_at_zero_really_stops(runtime: Runtime, reference: Reference, real_
     np.testing.assert_allclose(result.probabilities, reference.run(x)[0][0], rtol=0, atol=1e-5)
     late = runtime.infer(x, thresholds=[None, 1e9])
     assert late.segment_ms[0] > 0.0 and late.segment_ms[1] > 0.0 and late.segment_ms[2] == 0.0
-    full = runtime.infer(x, thresholds=[None, None])
+    full = runtime.infer(x, thresholds=[None, None], whole=False)
     assert all(ms > 0.0 for ms in full.segment_ms)
 
 

@@ -191,8 +191,12 @@ def test_where_exits_cannot_pay_calibration_serves_the_static_engine_and_says_so
 
     expected = StaticModel(manifest.path_of(manifest.static_model["file"])).predict(images)  # type: ignore[index]
     np.testing.assert_allclose(result.probabilities, expected, atol=1e-6)
-    chain = runtime.infer(images, thresholds=[None, None])  # an override runs the chain at full depth
+    chain = runtime.infer(images, thresholds=[None, None], whole=False)  # an override runs the chain at full depth
     assert chain.operating_point == "custom" and chain.segment_ms[0] > 0
+    # every exit off: the chain's own network in one engine (this chain's backbone is the static one)
+    whole = runtime.infer(images, thresholds=[None, None])
+    assert whole.segment_ms[:2] == [0.0, 0.0] and manifest.whole_model is not None
+    np.testing.assert_allclose(whole.probabilities, expected, atol=1e-5)
     runtime.close()
 
 

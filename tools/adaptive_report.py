@@ -97,7 +97,8 @@ def measure_depths(runtime: Runtime, static: StaticModel | None, depths: list[st
     """Every depth configuration with its exits off, and the static model, interleaved."""
     off = [None] * (runtime.num_exits - 1)
     configs: dict[str, Config] = {"static": static.config()} if static is not None else {}
-    configs |= {depth: runtime_config(runtime, off, depth=depth) for depth in depths}
+    # the segments at every depth, full depth too (not its whole engine): depths compared alike
+    configs |= {depth: runtime_config(runtime, off, depth=depth, whole=False) for depth in depths}
     return measure_interleaved(configs, data)
 
 

@@ -58,10 +58,10 @@ MODELS = {
     # the ResNet-20 class: about 0.4 ms per image at batch 1 on 2 cores
     "resnet20": ModelRecipe("resnet20", epochs=8),
     # the larger: 27 blocks, about 1.2 ms
-    "resnet56": ModelRecipe("resnet56", epochs=3, train_samples=30000, test_samples=5000),
+    "resnet56": ModelRecipe("resnet56", epochs=4, train_samples=40000, test_samples=5000),
     # realistic compute: torchvision's ResNet-18 at its standard stem, Fashion-MNIST at 3x96x96
     "tv_resnet18-96": ModelRecipe(
-        "torchvision:resnet18", epochs=2, train_samples=25000, input_shape=(3, 96, 96), exit_samples=10000, test_samples=2000,
+        "torchvision:resnet18", epochs=2, train_samples=40000, input_shape=(3, 96, 96), exit_samples=15000, test_samples=2000,
     ),
 }
 DISTILL = Distillation(weight=0.5, temperature=3.0)
@@ -178,13 +178,13 @@ def measure_model(name: str, data: ModelData, static: BlockBackbone, nets: dict[
     for mode, net in nets.items():
         candidates = pipeline.build(net, data.calibration, out / mode / "candidates", f"{name}-{mode}-candidates", static=static)
         static_path = candidates.path_of(candidates.static_model["file"])  # type: ignore[index]
-        costs = measure_costs(Runtime(candidates), StaticModel(static_path), data.calibration.subset(slice(0, args.cost_samples)))
+        costs, whole_ratio = measure_costs(Runtime(candidates), StaticModel(static_path), data.calibration.subset(slice(0, args.cost_samples)))
         table = exit_table(net, data.calibration)
         chosen = place_exits(table, costs, target, args.criterion)
         fixed = evaluate_set(table, costs, [net.splits.index(net.backbone.resolve_split(p)) for p in FIXED_EXITS], target, args.criterion, 24)
         names = net.exit_names()
         placements[mode] = {
-            "candidates": names[:-1], "costs": dataclasses.asdict(costs),
+            "candidates": names[:-1], "costs": dataclasses.asdict(costs), "whole_ratio": whole_ratio,
             "calibration_exit_accuracy": [float((p == table.labels).mean()) for p in table.predictions],
             "chosen": [names[i] for i in chosen.chosen],
             "predicted": {"chosen": plan_dict(chosen), "fixed": plan_dict(fixed)},
@@ -203,16 +203,18 @@ def measure_model(name: str, data: ModelData, static: BlockBackbone, nets: dict[
     return model_report(data, measured, sets, int8, placements, static_cal) | {"max_drop": args.max_drop / 100}
 
 
-def measure_costs(runtime: Runtime, static: StaticModel, data: Dataset) -> CandidateCosts:
+def measure_costs(runtime: Runtime, static: StaticModel, data: Dataset) -> tuple[CandidateCosts, float]:
     """The chain cut at every candidate, each exit computed and each off, against the
-    uncut network, interleaved."""
+    uncut network, interleaved; and the chain's whole engine against the static model."""
     early = runtime.num_exits - 1
     m = measure_interleaved(
-        {"static": static.config(), "off": runtime_config(runtime, [None] * early), "evaluated": runtime_config(runtime, [NONE_PASS] * early)},
+        {"static": static.config(), "off": runtime_config(runtime, [None] * early, whole=False),
+         "evaluated": runtime_config(runtime, [NONE_PASS] * early), "whole": runtime_config(runtime, [None] * early)},
         data, progress=False,
     )
     off = m["off"].segment_ms or []
-    return candidate_costs(m["evaluated"].segment_ms or [], off[:-1], m["off"].mean_ms - sum(off), m["static"].mean_ms)
+    costs = candidate_costs(m["evaluated"].segment_ms or [], off[:-1], m["off"].mean_ms - sum(off), m["static"].mean_ms)
+    return costs, m["whole"].mean_ms / m["static"].mean_ms
 
 
 def plan_dict(p: Placement) -> dict[str, Any]:
@@ -252,6 +254,7 @@ def test_configs(static_path: Path, sets: list[ExitSet], int8: Int8Chain, criter
         configs[f"{s.label}/point"] = runtime_config(s.runtime, s.placement.plan.thresholds, criterion)
         configs[f"{s.label}/evaluated"] = runtime_config(s.runtime, [NONE_PASS] * early, criterion)
         configs[f"{s.label}/full"] = runtime_config(s.runtime, [None] * early)
+        configs[f"{s.label}/trunks"] = runtime_config(s.runtime, [None] * early, whole=False)
     early = int8.runtime.num_exits - 1
     configs[f"{int8.label}/point"] = runtime_config(int8.runtime, int8.thresholds, criterion, INT8)
     configs[f"{int8.label}/evaluated"] = runtime_config(int8.runtime, [NONE_PASS] * early, criterion, INT8)
@@ -260,20 +263,28 @@ def test_configs(static_path: Path, sets: list[ExitSet], int8: Int8Chain, criter
 
 
 def latency_model(measured: dict[str, Measurement], label: str) -> LatencyModel:
-    """Per-segment costs from the same run: every exit computed, and every exit off."""
-    evaluated, full = measured[f"{label}/evaluated"], measured[f"{label}/full"]
-    trunks = full.segment_ms or []
-    return LatencyModel(evaluated.segment_ms or [], trunks[:-1], full.mean_ms - sum(trunks))
+    """The chain's per-segment costs from the same run: every exit computed, and every exit off."""
+    evaluated = measured[f"{label}/evaluated"]
+    trunks = measured.get(f"{label}/trunks") or measured[f"{label}/full"]  # INT8 has no whole engine: its full is the chain
+    trunk_ms = trunks.segment_ms or []
+    return LatencyModel(evaluated.segment_ms or [], trunk_ms[:-1], trunks.mean_ms - sum(trunk_ms))
 
 
-def point_report(measured: dict[str, Measurement], label: str, thresholds: list[float | None], static_ms: float) -> dict[str, Any]:
+def point_report(
+    measured: dict[str, Measurement], label: str, thresholds: list[float | None], static_ms: float, whole_ratio: float | None,
+) -> dict[str, Any]:
+    """A point, and the chain at full depth: the whole engine where there is one (predicted
+    from its ratio to the static model in the costs run), else the chain as trunks."""
     model = latency_model(measured, label)
     point, full = measured[f"{label}/point"], measured[f"{label}/full"]
-    predicted = model.predict(point.reach_fractions, thresholds)
+    trunks = measured.get(f"{label}/trunks") or full
+    early = len(full.exit_fractions) - 1
+    full_predicted = whole_ratio * static_ms if whole_ratio is not None else model.predict([1.0] * (early + 1), [None] * early)
     return {
-        "point": point.to_dict() | {"thresholds": thresholds, "predicted_ms": predicted, "ratio": point.mean_ms / static_ms},
-        "full": full.to_dict() | {"predicted_ms": model.predict([1.0] * len(full.exit_fractions), [None] * (len(full.exit_fractions) - 1)),
-                                  "ratio": full.mean_ms / static_ms},
+        "point": point.to_dict() | {"thresholds": thresholds, "predicted_ms": model.predict(point.reach_fractions, thresholds),
+                                    "ratio": point.mean_ms / static_ms},
+        "full": full.to_dict() | {"predicted_ms": full_predicted, "ratio": full.mean_ms / static_ms, "whole_engine": whole_ratio is not None},
+        "chain_full_ratio": trunks.mean_ms / static_ms,
         "model": model.to_dict(),
     }
 
@@ -288,13 +299,14 @@ def model_report(
         "placements": placements, "sets": {},
     }
     for s in sets:
-        entry = point_report(measured, s.label, s.placement.plan.thresholds, static.mean_ms)
+        whole = placements[s.label.split("/")[0]]["whole_ratio"] if s.runtime.has_whole else None
+        entry = point_report(measured, s.label, s.placement.plan.thresholds, static.mean_ms, whole)
         table = exit_table(s.net, data.test)
         oracle = entry["model"]["overhead_ms"] + predicted_latency(oracle_reach(table), entry["model"]["segment_ms"])
         entry |= {"exits": s.net.exit_names()[:-1], "oracle_ms": oracle, "oracle_ratio": oracle / static.mean_ms,
                   "test_exit_accuracy": [float((p == table.labels).mean()) for p in table.predictions]}
         report["sets"][s.label] = entry
-    entry = point_report(measured, int8.label, int8.thresholds, measured["static-int8"].mean_ms)
+    entry = point_report(measured, int8.label, int8.thresholds, measured["static-int8"].mean_ms, None)
     report["sets"][int8.label] = entry | {"exits": int8.exits}
     return report
 
@@ -348,7 +360,7 @@ def print_summary(report: dict[str, Any]) -> None:
             point, full = s["point"], s["full"]
             oracle = f", oracle {s['oracle_ratio']:.2f}x" if "oracle_ratio" in s else ""
             print(f"  {label:>22}: {point['accuracy']:.2%} {point['mean_ms']:.3f} ms ({point['ratio']:.2f}x, predicted {point['predicted_ms']:.3f})"
-                  f"  full depth {full['ratio']:.3f}x{oracle}  exits {', '.join(f'{f:.0%}' for f in point['exit_fractions'])}")
+                  f"  full depth {full['ratio']:.3f}x (chain {s.get('chain_full_ratio', full['ratio']):.3f}x){oracle}  exits {', '.join(f'{f:.0%}' for f in point['exit_fractions'])}")
 
 
 def cli() -> int:

@@ -207,7 +207,9 @@ def measure_points(runtime: Runtime, manifest: Manifest, plans: dict[str, Plan],
     early = runtime.num_exits - 1
     for precision in sorted({p.precision for p in plans.values()}):
         configs[f"profile/computed/{precision}"] = runtime_config(runtime, [NONE_PASS] * early, precision=precision)
-        configs[f"profile/off/{precision}"] = runtime_config(runtime, [None] * early, precision=precision)
+        configs[f"profile/off/{precision}"] = runtime_config(runtime, [None] * early, precision=precision, whole=False)
+        if runtime.has_whole and precision == "fp32":
+            configs["profile/whole/fp32"] = runtime_config(runtime, [None] * early, precision=precision)
     if manifest.static_model is not None:
         configs["static"] = StaticModel(manifest.path_of(manifest.static_model["file"])).config()
     log.info("measuring %d configurations on %d test images at batch 1, interleaved", len(configs), len(test))
@@ -225,7 +227,8 @@ def interleaved_model(measured: dict[str, Any], precision: str) -> LatencyModel:
     """The latency model from the profile configurations measured alongside the points."""
     computed, off = measured[f"profile/computed/{precision}"], measured[f"profile/off/{precision}"]
     early = len(computed.segment_ms) - 1
-    return LatencyModel(computed.segment_ms, off.segment_ms[:early], computed.mean_ms - sum(computed.segment_ms))
+    whole = measured.get(f"profile/whole/{precision}")
+    return LatencyModel(computed.segment_ms, off.segment_ms[:early], computed.mean_ms - sum(computed.segment_ms), whole.mean_ms if whole is not None else None)
 
 
 def write_points(
@@ -262,10 +265,16 @@ def profile_dicts(profiles: dict[str, dict[int, BatchProfile]]) -> dict[str, Any
 
 
 def best_point(points: list[OperatingPoint], measured: dict[str, Any], label: str) -> str:
-    """The fastest measured point among the criteria's `label` points and the static
-    engine (the model the exits are measured against: within any accuracy target)."""
-    named = [p for p in points if p.name.endswith(f"-{label}") or p.engine == STATIC]
+    """The fastest measured point among the criteria's `label` points that take an exit
+    (or run INT8) and the static engine (the model the exits are measured against:
+    within any accuracy target). An fp32 point with every exit off is the chain's network
+    without exits: where it is chosen, the static engine serves instead."""
+    named = [p for p in points if (p.name.endswith(f"-{label}") and not _no_exit(p)) or p.engine == STATIC]
     return min(named, key=lambda p: measured[p.name].mean_ms).name if named else points[0].name
+
+
+def _no_exit(point: OperatingPoint) -> bool:
+    return point.precision == "fp32" and all(t is None for t in point.thresholds) and point.engine != STATIC
 
 
 def exits_verdict(report: dict[str, Any]) -> str:

@@ -54,6 +54,10 @@ class Backend(ABC):
         """The manifest's static model as one engine (for static operating points)."""
         raise BackendError(f"the {self.name} backend cannot run the static engine")
 
+    def load_whole(self, manifest: Manifest) -> StaticEngine:
+        """The chain's own network as one engine (for points with every exit off)."""
+        raise BackendError(f"the {self.name} backend cannot run the whole chain as one engine")
+
     @abstractmethod
     def upload(self, images: np.ndarray) -> Features:
         """Host images (already validated) -> the first segment's input."""

@@ -126,13 +126,20 @@ class OnnxRuntimeBackend(Backend):
             self._trunk_runners = [self.runner(session) for session in trunks]
 
     def load_static(self, manifest: Manifest) -> StaticEngine:
-        if manifest.static_model is None:
-            raise ManifestError(f"{manifest.name}: no static model in the manifest")
-        path = manifest.path_of(manifest.static_model["file"])
+        return self._load_single(manifest, manifest.static_model, "static")
+
+    def load_whole(self, manifest: Manifest) -> StaticEngine:
+        return self._load_single(manifest, manifest.whole_model, "whole")
+
+    def _load_single(self, manifest: Manifest, entry: dict[str, str] | None, what: str) -> StaticEngine:
+        """One engine for the whole network: images in, probabilities out."""
+        if entry is None:
+            raise ManifestError(f"{manifest.name}: no {what} model in the manifest")
+        path = manifest.path_of(entry["file"])
         session = self.open_session(path)
         feed = [i.name for i in session.get_inputs()]
         if len(feed) != 1 or "probs" not in {o.name for o in session.get_outputs()}:
-            raise ManifestError(f"{path}: the static engine must take one input and output 'probs'")
+            raise ManifestError(f"{path}: the {what} engine must take one input and output 'probs'")
         self._sessions.append(session)  # closed with the rest
         run = self.runner(session)
         return lambda images: run(["probs"], {feed[0]: images}, None)[0]
