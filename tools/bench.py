@@ -31,6 +31,7 @@ from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
 from edge.runtime import Runtime
 from engines.backbone import BlockBackbone
+from engines.heads import HeadSpec
 from engines.partition import MultiExitNetwork
 from engines.quantize import QuantJob, quantize_segments
 from tools._cli import run_main
@@ -58,16 +59,22 @@ MODELS = {
     # the ResNet-20 class: about 0.4 ms per image at batch 1 on 2 cores
     "resnet20": ModelRecipe("resnet20", epochs=8),
     # the larger: 27 blocks, about 1.2 ms
-    "resnet56": ModelRecipe("resnet56", epochs=4, train_samples=40000, test_samples=5000),
+    "resnet56": ModelRecipe("resnet56", epochs=4, train_samples=40000, exit_samples=20000, test_samples=5000),
     # realistic compute: torchvision's ResNet-18 at its standard stem, Fashion-MNIST at 3x96x96
     "tv_resnet18-96": ModelRecipe(
         "torchvision:resnet18", epochs=2, train_samples=40000, input_shape=(3, 96, 96), exit_samples=15000, test_samples=2000,
     ),
 }
 DISTILL = Distillation(weight=0.5, temperature=3.0)
-EXIT_MODES = ("frozen", "joint")  # both distilled from the final exit; the better one is kept
+# How exit heads are trained (all distilled from the final exit); each is measured, the best kept.
+EXIT_RECIPES = {
+    "frozen": ("frozen", HeadSpec()),  # pool + linear on the frozen backbone: the final exit stays the static model
+    "joint": ("joint", HeadSpec()),  # heads and backbone together
+    "frozen-conv": ("frozen", HeadSpec(conv_channels=32)),  # a conv3x3-BN-ReLU (32 channels) before pooling
+}
 EARLY_WEIGHTS_SUM = 2.0  # joint training: the early exits' loss weights together (the final exit's is 1)
 FIXED_EXITS = ["layer1", "layer2"]
+FIXED_MEASURED = "frozen"  # the recipe whose fixed set is built and measured too (all are predicted)
 
 
 @dataclass
@@ -146,11 +153,12 @@ def train_model(recipe: ModelRecipe, data: ModelData, out: Path) -> tuple[BlockB
     exit_spec = dataclasses.replace(spec, split_points=candidate_exits(static))
     early = len(exit_spec.split_points)
     nets = {}
-    for mode in EXIT_MODES:
+    for name, (mode, head) in EXIT_RECIPES.items():
         mode_cfg = dataclasses.replace(cfg, epochs=1, lr=recipe.joint_lr if mode == "joint" else cfg.lr)
         weights = [EARLY_WEIGHTS_SUM / early] * early + [1.0] if mode == "joint" else None
-        nets[mode] = pipeline.multi_exit_model(
-            exit_spec, mode, data.exit_train, mode_cfg, out / f"{mode}.pt", static=static, exit_weights=weights, distill=DISTILL,
+        head_spec = dataclasses.replace(exit_spec, head=head.to_dict() if head != HeadSpec() else {})
+        nets[name] = pipeline.multi_exit_model(
+            head_spec, mode, data.exit_train, mode_cfg, out / f"{name}.pt", static=static, exit_weights=weights, distill=DISTILL,
         )
     return static, nets
 
@@ -190,7 +198,8 @@ def measure_model(name: str, data: ModelData, static: BlockBackbone, nets: dict[
             "predicted": {"chosen": plan_dict(chosen), "fixed": plan_dict(fixed)},
         }
         log.info("%s/%s: exits at %s, predicted %.3f ms (fixed %s: %.3f ms)", name, mode, placements[mode]["chosen"], chosen.plan.predicted_ms, FIXED_EXITS, fixed.plan.predicted_ms)
-        for kind, placement in (("chosen", chosen), ("fixed", fixed)):
+        built = [("chosen", chosen), ("fixed", fixed)] if mode == FIXED_MEASURED else [("chosen", chosen)]
+        for kind, placement in built:
             if not placement.chosen:
                 continue  # no exit pays: the static engine is the answer
             subset = net.with_exits(placement.chosen)
@@ -262,12 +271,14 @@ def test_configs(static_path: Path, sets: list[ExitSet], int8: Int8Chain, criter
     return configs
 
 
-def latency_model(measured: dict[str, Measurement], label: str) -> LatencyModel:
-    """The chain's per-segment costs from the same run: every exit computed, and every exit off."""
+def latency_model(measured: dict[str, Measurement], label: str, whole: bool) -> LatencyModel:
+    """The chain's per-segment costs from the same run (every exit computed, every exit
+    off), and the whole engine's call where a point with every exit off runs it."""
     evaluated = measured[f"{label}/evaluated"]
     trunks = measured.get(f"{label}/trunks") or measured[f"{label}/full"]  # INT8 has no whole engine: its full is the chain
     trunk_ms = trunks.segment_ms or []
-    return LatencyModel(evaluated.segment_ms or [], trunk_ms[:-1], trunks.mean_ms - sum(trunk_ms))
+    whole_ms = measured[f"{label}/full"].mean_ms if whole else None
+    return LatencyModel(evaluated.segment_ms or [], trunk_ms[:-1], trunks.mean_ms - sum(trunk_ms), whole_ms)
 
 
 def point_report(
@@ -275,11 +286,12 @@ def point_report(
 ) -> dict[str, Any]:
     """A point, and the chain at full depth: the whole engine where there is one (predicted
     from its ratio to the static model in the costs run), else the chain as trunks."""
-    model = latency_model(measured, label)
+    model = latency_model(measured, label, whole_ratio is not None)
     point, full = measured[f"{label}/point"], measured[f"{label}/full"]
     trunks = measured.get(f"{label}/trunks") or full
     early = len(full.exit_fractions) - 1
-    full_predicted = whole_ratio * static_ms if whole_ratio is not None else model.predict([1.0] * (early + 1), [None] * early)
+    chain = dataclasses.replace(model, whole_ms=None)
+    full_predicted = whole_ratio * static_ms if whole_ratio is not None else chain.predict([1.0] * (early + 1), [None] * early)
     return {
         "point": point.to_dict() | {"thresholds": thresholds, "predicted_ms": model.predict(point.reach_fractions, thresholds),
                                     "ratio": point.mean_ms / static_ms},
