@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-drop", type=float, default=0.5, help="accuracy target: points below the static model")
     p.add_argument("--margin", type=float, default=0.15, help="points kept in hand when choosing on the calibration split")
     p.add_argument("--criterion", default="entropy", choices=["entropy", "maxprob"])
-    p.add_argument("--cost-samples", type=int, default=600, help="calibration images timed for the candidate costs")
+    p.add_argument("--cost-samples", type=int, default=1000, help="calibration images timed for the candidate costs")
     return p.parse_args(argv)
 
 
@@ -219,7 +219,7 @@ def measure_costs(runtime: Runtime, static: StaticModel, data: Dataset) -> tuple
     m = measure_interleaved(
         {"static": static.config(), "off": runtime_config(runtime, [None] * early, whole=False),
          "evaluated": runtime_config(runtime, [NONE_PASS] * early), "whole": runtime_config(runtime, [None] * early)},
-        data, progress=False,
+        data, progress=False, block=50,  # short blocks: the whole engine's ratio to the static model predicts the full point
     )
     off = m["off"].segment_ms or []
     costs = candidate_costs(m["evaluated"].segment_ms or [], off[:-1], m["off"].mean_ms - sum(off), m["static"].mean_ms)
