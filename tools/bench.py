@@ -208,7 +208,7 @@ def measure_model(name: str, data: ModelData, static: BlockBackbone, nets: dict[
     assert static_path is not None
     best_fp32 = min(sets, key=lambda s: (not s.placement.plan.feasible, s.placement.plan.predicted_ms))
     int8 = int8_chain(best_fp32, data, static_path, target, args.criterion)
-    measured = measure_interleaved(test_configs(static_path, sets, int8, args.criterion), data.test)
+    measured = measure_interleaved(measured_configs(static_path, sets, int8, args.criterion), data.test)
     return model_report(data, measured, sets, int8, placements, static_cal) | {"max_drop": args.max_drop / 100}
 
 
@@ -251,12 +251,12 @@ def int8_chain(exits: ExitSet, data: ModelData, static_path: Path, target: Targe
     quantized = static_path.with_name(f"static.int8-{activation}.onnx")
     quantize_segments([QuantJob(static_path, quantized, StaticModel(static_path).input_name, images, activation)])
     table = engine_table(runtime, data.calibration, INT8, sorted({"entropy", criterion}))
-    cost = exits.placement.model  # fp32 costs: the thresholds only need their order
+    cost = exits.placement.model  # the fp32 chain's costs: an approximation for the INT8 segments
     plan = search_thresholds(table, criterion, cost, target, 24, INT8)
     return Int8Chain(f"int8-{exits.label}", exits.net.exit_names()[:-1], runtime, plan.thresholds, quantized, activation)
 
 
-def test_configs(static_path: Path, sets: list[ExitSet], int8: Int8Chain, criterion: str) -> dict[str, Config]:
+def measured_configs(static_path: Path, sets: list[ExitSet], int8: Int8Chain, criterion: str) -> dict[str, Config]:
     configs: dict[str, Config] = {"static": StaticModel(static_path).config(), "static-int8": StaticModel(int8.static_path).config()}
     for s in sets:
         early = s.runtime.num_exits - 1
