@@ -342,6 +342,8 @@ class Runtime:
     def close(self) -> None:
         for backend in self._backends.values():
             backend.close()
+        # the one-engine paths hold their sessions too: a closed runtime runs nothing
+        self._static = self._whole = None
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
