@@ -224,11 +224,7 @@ class Runtime:
         if (precision is not None and precision != point.precision) or (depth is not None and depth != point.depth):
             name, steps = "custom", self._custom_steps(precision or point.precision, depth or point.depth)
         start = time.perf_counter()
-        single = self._static if point.static and name == point.name else None
-        if single is None and whole and self._whole is not None:
-            own = name == point.name
-            if point.all_off if own else self._all_off(limits, precision or point.precision, depth or point.depth):
-                single = self._whole
+        single = self._one_engine(point, name, limits, precision or point.precision, depth or point.depth, whole)
         if single is not None:
             probs, exits, segment_ms = self._infer_single(single, images)
         elif len(images) == 1:
@@ -253,6 +249,15 @@ class Runtime:
         except ManifestError as exc:
             raise InputError(str(exc)) from None
         return self._steps(precision, depth)
+
+    def _one_engine(self, point: _Point, name: str, limits: list[float], precision: str, depth: str, whole: bool) -> StaticEngine | None:
+        """The one engine that serves this call, if any: the static engine for a static
+        point, the whole engine for every exit off at fp32 and full depth."""
+        if name == point.name:  # the point's own settings: decided when it was resolved
+            if point.static:
+                return self._static
+            return self._whole if whole and point.all_off else None
+        return self._whole if whole and self._all_off(limits, precision, depth) else None
 
     @staticmethod
     def _all_off(limits: list[float], precision: str, depth: str) -> bool:

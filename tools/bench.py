@@ -271,13 +271,10 @@ def measured_configs(static_path: Path, sets: list[ExitSet], int8: Int8Chain, cr
     return configs
 
 
-def latency_model(measured: dict[str, Measurement], label: str, whole: bool) -> LatencyModel:
+def latency_model(evaluated: Measurement, trunks: Measurement, whole_ms: float | None) -> LatencyModel:
     """The chain's per-segment costs from the same run (every exit computed, every exit
     off), and the whole engine's call where a point with every exit off runs it."""
-    evaluated = measured[f"{label}/evaluated"]
-    trunks = measured.get(f"{label}/trunks") or measured[f"{label}/full"]  # INT8 has no whole engine: its full is the chain
     trunk_ms = trunks.segment_ms or []
-    whole_ms = measured[f"{label}/full"].mean_ms if whole else None
     return LatencyModel(evaluated.segment_ms or [], trunk_ms[:-1], trunks.mean_ms - sum(trunk_ms), whole_ms)
 
 
@@ -286,12 +283,11 @@ def point_report(
 ) -> dict[str, Any]:
     """A point, and the chain at full depth: the whole engine where there is one (predicted
     from its ratio to the static model in the costs run), else the chain as trunks."""
-    model = latency_model(measured, label, whole_ratio is not None)
     point, full = measured[f"{label}/point"], measured[f"{label}/full"]
-    trunks = measured.get(f"{label}/trunks") or full
+    trunks = measured.get(f"{label}/trunks") or full  # INT8 has no whole engine: its full point is the chain
+    model = latency_model(measured[f"{label}/evaluated"], trunks, full.mean_ms if whole_ratio is not None else None)
     early = len(full.exit_fractions) - 1
-    chain = dataclasses.replace(model, whole_ms=None)
-    full_predicted = whole_ratio * static_ms if whole_ratio is not None else chain.predict([1.0] * (early + 1), [None] * early)
+    full_predicted = whole_ratio * static_ms if whole_ratio is not None else model.predict([1.0] * (early + 1), [None] * early)
     return {
         "point": point.to_dict() | {"thresholds": thresholds, "predicted_ms": model.predict(point.reach_fractions, thresholds),
                                     "ratio": point.mean_ms / static_ms},
@@ -372,7 +368,7 @@ def print_summary(report: dict[str, Any]) -> None:
             point, full = s["point"], s["full"]
             oracle = f", oracle {s['oracle_ratio']:.2f}x" if "oracle_ratio" in s else ""
             print(f"  {label:>22}: {point['accuracy']:.2%} {point['mean_ms']:.3f} ms ({point['ratio']:.2f}x, predicted {point['predicted_ms']:.3f})"
-                  f"  full depth {full['ratio']:.3f}x (chain {s.get('chain_full_ratio', full['ratio']):.3f}x){oracle}  exits {', '.join(f'{f:.0%}' for f in point['exit_fractions'])}")
+                  f"  full depth {full['ratio']:.3f}x (chain {s['chain_full_ratio']:.3f}x){oracle}  exits {', '.join(f'{f:.0%}' for f in point['exit_fractions'])}")
 
 
 def cli() -> int:

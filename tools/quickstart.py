@@ -91,9 +91,10 @@ def report(args: argparse.Namespace, static: Measurement, chain: Measurement, th
     print(f"{label:>22} {chain.accuracy:9.2%} {chain.mean_ms:8.3f} {chain.p99_ms:8.3f}")
     print(f"speed-up: {static.mean_ms / chain.mean_ms:.2f}x   accuracy change: {100 * (chain.accuracy - static.accuracy):+.2f} points")
     print("exit histogram: " + "  ".join(f"exit {k}: {f:.1%}" for k, f in enumerate(chain.exit_fractions)))
-    print(verdict(static, chain))
+    said = verdict(static, chain)
+    print(said)
     summary = {"static": static.to_dict(), "chain": chain.to_dict(), "threshold": threshold, "manifest": str(out / "engines" / "manifest.json"),
-               "verdict": verdict(static, chain)}
+               "verdict": said}
     (out / "quickstart.json").write_text(json.dumps(summary, indent=2))
     print(f"manifest: {out / 'engines' / 'manifest.json'}   summary: {out / 'quickstart.json'}")
 
