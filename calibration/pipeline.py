@@ -141,17 +141,20 @@ def adaptive_model(
 
 def adaptive_exits(
     spec: ModelSpec, backbone: AdaptiveBackbone, data: Dataset, cfg: TrainConfig, path: Path,
+    head: HeadSpec = HeadSpec(), distill: Distillation | None = None,
 ) -> MultiExitNetwork:
     """Exit heads after every stage but the last, on the frozen adaptive backbone, each
     batch seen through the super-net and the base-net so the heads serve every depth."""
-    exit_spec = dataclasses.replace(spec, split_points=list(backbone.block_names[:-1]), head=HeadSpec().to_dict())
+    exit_spec = dataclasses.replace(spec, split_points=list(backbone.block_names[:-1]), head=head.to_dict())
     recipe = _recipe(cfg, "frozen-adaptive", backbone)
+    if distill is not None:  # only when used: older checkpoints keep matching their recipe
+        recipe["distill"] = dataclasses.asdict(distill)
     reused = _reusable(path, exit_spec, recipe, cfg.epochs)
     if reused is not None:
         return reused  # type: ignore[return-value]
-    net = MultiExitNetwork(copy.deepcopy(backbone), exit_spec.split_points, HeadSpec())
+    net = MultiExitNetwork(copy.deepcopy(backbone), exit_spec.split_points, head)
     depths = [backbone.super_depth(), backbone.base_depth()]
-    train_exits_frozen(net, data, cfg, on_epoch=_saver(path, exit_spec, net, recipe), depths=depths)
+    train_exits_frozen(net, data, cfg, on_epoch=_saver(path, exit_spec, net, recipe), depths=depths, distill=distill)
     return net
 
 

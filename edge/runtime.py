@@ -28,6 +28,7 @@ from edge.manifest import SKIP, STATIC, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 
+_FLOAT32 = np.dtype(np.float32)
 NEVER = -math.inf  # no score passes: the exit is switched off and its segment runs as a trunk
 
 
@@ -88,6 +89,7 @@ class Runtime:
             raise
         self._input_shape = tuple(self.manifest.input.shape[1:])
         self._max_batch = self.manifest.batch.get("max", 0)
+        self._batch_limit = self._max_batch or math.inf
         self.num_exits = self.manifest.num_exits
         self._exit_ids = [_read_only(np.array([k])) for k in range(self.num_exits)]  # batch-1 results share these
         self._point_cache: dict[str, _Point] = {}
@@ -319,6 +321,16 @@ class Runtime:
 
     def check_input(self, images: Any) -> None:
         """Raise InputError unless `images` is a float32 (n, C, H, W) array the engines accept."""
+        # One test for the common good input: every call pays for this, on a 0.5 ms network
+        # a few microseconds are a percent.
+        if (
+            type(images) is np.ndarray and images.dtype is _FLOAT32 and images.shape[1:] == self._input_shape
+            and 0 < len(images) <= self._batch_limit and images.flags.c_contiguous
+        ):
+            return
+        self._explain_bad_input(images)
+
+    def _explain_bad_input(self, images: Any) -> None:
         if not isinstance(images, np.ndarray):
             raise InputError(f"input must be a numpy array, got {type(images).__name__}")
         if images.dtype != np.float32:

@@ -69,7 +69,7 @@ def build_engines(
         if options.include_static:
             backbone = static_backbone if static_backbone is not None else net.backbone
             static = _export_whole(backbone, out_dir / "static.onnx", example, real_inputs, options)
-            whole = static if backbone is net.backbone else _export_whole(net.backbone, out_dir / "whole.onnx", example, real_inputs, options)
+            whole = static if backbone is net.backbone else _export_chain_whole(net.backbone, static, out_dir, example, real_inputs, options)
     manifest = describe(net, graphs, classes, points, options, static, out_dir, temperatures, base_graphs)
     manifest = replace(manifest, whole_model=whole)
     save_manifest(manifest, out_dir / MANIFEST_NAME)
@@ -140,6 +140,19 @@ def _export_whole(backbone: torch.nn.Module, path: Path, example: torch.Tensor, 
     graph = export_static(backbone, path, example)
     _check(ExportableStatic(backbone), graph, _check_batches(real_inputs, options.random_check_batches))
     return {"file": graph.path.name, "sha256": sha256_file(graph.path)}
+
+
+def _export_chain_whole(
+    backbone: torch.nn.Module, static: dict[str, str], out_dir: Path, example: torch.Tensor, real_inputs: np.ndarray, options: BuildOptions,
+) -> dict[str, str]:
+    """The chain's own network in one engine; the static entry where the export is the
+    same bytes (exits trained on a frozen copy of the static backbone): one file, and one
+    session in the runtime."""
+    whole = _export_whole(backbone, out_dir / "whole.onnx", example, real_inputs, options)
+    if whole["sha256"] != static["sha256"]:
+        return whole
+    (out_dir / whole["file"]).unlink()
+    return static
 
 
 def describe(

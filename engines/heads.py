@@ -1,7 +1,7 @@
 """Exit heads sized from the features they read: a feature map (C, H, W), a token
 sequence (T, D) from a transformer, or a vector (D,). Each ends in a linear classifier.
 
-  feature map  optional conv3x3-BN-ReLU, global pooling, optional hidden layer
+  feature map  optional conv3x3-BN-ReLU (stride 1 or 2), global pooling, optional hidden layer
   tokens       the class token (first) or the mean of all tokens, LayerNorm, optional hidden layer
   vector       optional hidden layer
 """
@@ -20,12 +20,16 @@ class HeadSpec:
     """Shape of every exit head. Defaults give the plain pool + linear head of seed 000."""
 
     conv_channels: int = 0  # > 0 adds conv3x3-BN-ReLU before pooling (stronger early exits)
+    conv_stride: int = 1  # 2: the conv reads every other position, a quarter of its cost
     pool: str = "avg"  # feature maps: "avg" or "max"
     hidden: int = 0  # > 0 adds a hidden linear layer with ReLU
     tokens: str = "cls"  # token sequences: "cls" (the first token) or "mean"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.conv_stride == 1:  # as written before strides existed: older checkpoints keep matching
+            del data["conv_stride"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HeadSpec":
@@ -68,7 +72,7 @@ def _map_layers(channels: int, spec: HeadSpec) -> tuple[list[nn.Module], int]:
     layers: list[nn.Module] = []
     if spec.conv_channels > 0:
         layers += [
-            nn.Conv2d(channels, spec.conv_channels, 3, 1, 1, bias=False),
+            nn.Conv2d(channels, spec.conv_channels, 3, spec.conv_stride, 1, bias=False),
             nn.BatchNorm2d(spec.conv_channels),
             nn.ReLU(inplace=True),
         ]

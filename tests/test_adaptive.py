@@ -355,10 +355,52 @@ def test_a_manifest_point_with_an_impossible_depth_is_refused(adaptive_built: Pa
         load_manifest(copy_dir)
 
 
+# --- depth and exits on one frontier -----------------------------------------------------------
+
+def test_every_depth_gets_its_costs_its_exits_off_and_its_thresholds(adaptive_built: Path, adaptive_net, digits_test, tmp_path: Path) -> None:
+    from calibration.depth_exits import depth_costs, frontier, plan_depths
+    from calibration.evaluate import StaticModel, measure_interleaved, runtime_config
+    from calibration.pipeline import with_points
+    from calibration.thresholds import Target
+
+    shutil.copytree(adaptive_built, tmp_path / "engines")  # its points are rewritten below
+    runtime = Runtime(tmp_path / "engines")
+    manifest = runtime.manifest
+    static = StaticModel(manifest.path_of(manifest.static_model["file"]))  # type: ignore[index]
+    depths = adaptive_net.backbone.depth_configs()
+    models, static_ms = depth_costs(runtime, depths, static.config(), digits_test.subset(slice(0, 30)), block=10)
+    assert list(models) == depths and static_ms > 0
+    assert models["FFF"].whole_ms is not None and models["TTT"].whole_ms is None  # the whole engine runs only at full depth
+    assert all(len(m.segment_ms) == 3 and len(m.trunk_ms) == 2 for m in models.values())
+    torch_accuracy = depth_accuracies(adaptive_net.backbone, digits_test)
+    target = Target(max_drop=0.03, reference_accuracy=torch_accuracy["FFF"])  # the static model's, in the bench
+    adaptive_net.backbone.set_depth("TFT")
+    points = plan_depths(adaptive_net, models, static_ms, digits_test, target, "entropy")
+    assert adaptive_net.backbone.depth == "TFT"  # left as it was
+    adaptive_net.backbone.set_depth("FFF")
+    off = {p.depth: p for p in points if p.name.endswith("-off")}
+    assert list(off) == depths
+    for depth, point in off.items():
+        assert point.thresholds == [None, None] and point.calibration_accuracy == pytest.approx(torch_accuracy[depth], abs=1e-9)
+    exits = [p for p in points if p.name.endswith("-exits")]
+    assert exits, "no depth took an exit on digits"
+    for p in exits:
+        assert any(t is not None for t in p.thresholds)
+        assert p.calibration_accuracy >= torch_accuracy["FFF"] - 0.03 - 1e-9
+    served = Runtime(with_points(manifest, [p.operating_point("entropy") for p in points]))
+    measured = measure_interleaved({p.name: runtime_config(served, point_name=p.name) for p in points}, digits_test.subset(slice(0, 40)), progress=False, block=10)
+    assert all(measured[p.name].exit_fractions[-1] == 1.0 for p in off.values())
+    assert any(measured[p.name].exit_fractions[-1] < 1.0 for p in exits)
+    front = frontier(measured)
+    assert front and all(measured[a].mean_ms <= measured[b].mean_ms and measured[a].accuracy < measured[b].accuracy for a, b in zip(front, front[1:]))
+    runtime.close()
+    served.close()
+
+
 # --- the report tool --------------------------------------------------------------------------
 
 def test_pareto_front_keeps_only_points_nothing_beats() -> None:
-    from tools.adaptive_report import pareto_front
+    from calibration.evaluate import pareto_front
 
     points = [
         {"name": "a", "mean_ms": 1.0, "accuracy": 0.90},

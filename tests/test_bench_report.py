@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tools.bench import print_summary, summary_entry
-from tools.bench_plot import plot_bench
+from tools.bench_plot import plot_bench, plot_depth_frontiers
 
 
 def timed(accuracy: float, mean_ms: float, ratio: float, predicted: float, exits: list[float]) -> dict[str, Any]:
@@ -56,3 +56,28 @@ def test_the_printed_table_gives_ratios_and_the_placement(capsys: pytest.Capture
     assert "== tiny: static 92.00%, 1.000 ms" in out
     assert "joint: exits placed at layer1.1; predicted 0.500 ms against 0.700 ms at layer1, layer2" in out
     assert "joint/chosen: 91.70% 0.500 ms (0.50x, predicted 0.525)  full depth 1.100x (chain 1.200x), oracle 0.40x  exits 60%, 40%" in out
+
+
+def depth_report() -> dict[str, Any]:
+    def point(name: str, accuracy: float, ratio: float) -> dict[str, Any]:
+        return {"name": name, "accuracy": accuracy, "ratio": ratio, "predicted_ratio": ratio * 1.02,
+                "accuracy_drop_pt": 100 * (0.92 - accuracy), "exit_fractions": [0.5, 0.5]}
+
+    return {"static": {"accuracy": 0.92, "mean_ms": 1.0},
+            "points": [point("FF-off", 0.921, 1.03), point("TT-off", 0.912, 0.7), point("FF-exits", 0.918, 0.8)],
+            "frontier": ["TT-off", "FF-exits", "static", "FF-off"], "best": {"point": "FF-exits", "accuracy_drop_pt": 0.2, "ratio": 0.8}}
+
+
+def test_the_depth_frontier_is_summarised_printed_and_drawn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = {"max_drop_pt": 0.5, "models": {"tiny": model(0.917, 0.5) | {"depth_and_exits": depth_report()}}}
+    assert summary_entry("tiny", report["models"]["tiny"])["depth_and_exits"] == {"point": "FF-exits", "accuracy_drop_pt": 0.2, "ratio": 0.8}
+    assert "depth_and_exits" not in summary_entry("m", model(0.917, 0.5))
+    print_summary(report)
+    out = capsys.readouterr().out
+    assert "*   FF-exits: 91.80% (-0.20 pt) 0.80x (predicted 0.82x)" in out
+    assert "best within the target: FF-exits 0.80x, -0.20 pt" in out
+    path = tmp_path / "depth.png"
+    plot_depth_frontiers(report, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot_depth_frontiers({"max_drop_pt": 0.5, "models": {"m": model(0.917, 0.5)}}, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()  # no adaptive-depth model: no picture

@@ -140,6 +140,7 @@ def test_parameter_groups_split_backbone_and_heads() -> None:
         (HeadSpec(conv_channels=8), nn.Conv2d, 8),
         (HeadSpec(hidden=12), nn.Linear, 12),
         (HeadSpec(conv_channels=6, pool="max", hidden=5), nn.Conv2d, 6),
+        (HeadSpec(conv_channels=8, conv_stride=2), nn.Conv2d, 8),
     ],
 )
 def test_head_spec_variants_give_class_logits(spec: HeadSpec, layer_type, size) -> None:
@@ -174,6 +175,16 @@ def test_plain_head_pools_then_classifies(pool: str, reduce) -> None:
 def test_head_spec_round_trip_and_bad_pool() -> None:
     spec = HeadSpec(conv_channels=4, pool="max", hidden=9)
     assert HeadSpec.from_dict(spec.to_dict()) == spec
+    assert "conv_stride" not in spec.to_dict()  # the default is written as before strides existed
+    strided = HeadSpec(conv_channels=4, conv_stride=2)
+    assert HeadSpec.from_dict(strided.to_dict()) == strided
+
+
+def test_a_strided_head_conv_reads_a_quarter_of_the_positions() -> None:
+    head = exit_head((16, 12, 12), 10, HeadSpec(conv_channels=8, conv_stride=2))
+    conv = next(m for m in head if isinstance(m, nn.Conv2d))
+    assert conv.stride == (2, 2)
+    assert conv(torch.rand(1, 16, 12, 12)).shape == (1, 8, 6, 6)
     with pytest.raises(ValueError, match="pool"):
         exit_head(16, 10, HeadSpec(pool="median"))
 

@@ -192,6 +192,24 @@ def test_a_fine_tuned_chain_gets_its_own_whole_engine(net, digits_test, tmp_path
         Runtime(tmp_path)
 
 
+def test_a_frozen_copy_of_the_static_backbone_shares_its_engine(net, digits_test, tmp_path: Path) -> None:
+    """Exits trained on a frozen copy: the chain's network is the static one, so one file
+    (and one session) serves both."""
+    import copy
+
+    from engines.build import BuildOptions, build_engines
+
+    manifest = build_engines(
+        net, tmp_path, digits_test.classes, digits_test.images[:16], options=BuildOptions(name="w"), static_backbone=copy.deepcopy(net.backbone),
+    )
+    assert manifest.whole_model == manifest.static_model and not (tmp_path / "whole.onnx").exists()
+    runtime = Runtime(tmp_path)
+    x = np.ascontiguousarray(digits_test.images[:8])
+    whole = runtime.infer(x, thresholds=[None, None])
+    assert runtime.has_whole and whole.segment_ms[:2] == [0.0, 0.0]
+    np.testing.assert_allclose(whole.probabilities, runtime.infer(x, thresholds=[None, None], whole=False).probabilities, rtol=0, atol=1e-5)
+
+
 def test_threshold_comparison_is_inclusive(runtime: Runtime, real_images: np.ndarray) -> None:
     """An entropy exactly at the threshold exits; one ulp below the entropy does not."""
     x = np.ascontiguousarray(real_images[5:6])

@@ -18,7 +18,7 @@ from typing import Any
 
 from calibration import pipeline
 from calibration.data import Dataset, load_dataset
-from calibration.evaluate import Config, Measurement, StaticModel, measure_interleaved, runtime_config
+from calibration.evaluate import Config, Measurement, StaticModel, measure_interleaved, pareto_front, runtime_config
 from calibration.train import set_threads
 from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
@@ -32,7 +32,6 @@ from engines.partition import MultiExitNetwork
 from tools._cli import run_main
 from tools.adaptive_plot import plot_depths, plot_pareto
 from tools.calibrate import check_data
-from tools.calibrate_plot import pareto_front
 
 THRESHOLDS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.8]
 

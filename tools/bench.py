@@ -1,9 +1,9 @@
 """Benchmark: early exits on converged models against their static model, onnxruntime
 on the CPU, batch 1. Exits are placed by measurement (from a candidate exit after
 every block, the set with the lowest predicted mean latency at the accuracy target),
-trained on the frozen backbone or jointly (both distilled from the final exit), and
-compared with the fixed `layer1,layer2` set; fp32 and INT8 (against the static model
-quantized the same way).
+trained on the frozen backbone (distilled from the final exit), and compared with the
+fixed `layer1,layer2` set; fp32 and INT8 (against the static model quantized the same
+way).
 
     edge-bench --train-only     # train (checkpoints cached under --out)
     edge-bench                  # place exits, build, measure, write docs/results/bench*.json
@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from calibration import pipeline
 from calibration.data import Dataset, fit_images, load_dataset
+from calibration.depth_exits import depth_costs, frontier, plan_depths, point_entries
 from calibration.evaluate import Config, Measurement, StaticModel, measure_interleaved, runtime_config
 from calibration.exits import exit_table, oracle_reach, predicted_latency
 from calibration.int8 import PRECISION as INT8, engine_table, fastest_int8
@@ -29,13 +32,15 @@ from calibration.thresholds import Target, search_thresholds
 from calibration.train import Distillation, TrainConfig, exit_accuracies, set_threads
 from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
+from edge.manifest import Manifest, OperatingPoint
 from edge.runtime import Runtime
+from engines.adaptive import make_adaptive
 from engines.backbone import BlockBackbone
 from engines.heads import HeadSpec
 from engines.partition import MultiExitNetwork
 from engines.quantize import QuantJob, quantize_segments
 from tools._cli import run_main
-from tools.bench_plot import plot_bench
+from tools.bench_plot import plot_bench, plot_depth_frontiers
 
 log = logging.getLogger("tools.bench")
 
@@ -50,31 +55,45 @@ class ModelRecipe:
     train_samples: int = 0  # 0: the whole training pool (the training split less the calibration split)
     input_shape: tuple[int, int, int] | None = None  # None: the data's own
     exit_samples: int = 0  # 0: as train_samples
-    joint_lr: float = 0.01
     test_samples: int = 0  # 0: the whole test split
+    adaptive_lr: float = 0.0  # > 0: an adaptive-depth version too (seed 003), from scratch for the same epochs at this lr
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 MODELS = {
     # the ResNet-20 class: about 0.4 ms per image at batch 1 on 2 cores
-    "resnet20": ModelRecipe("resnet20", epochs=8),
+    # lr 0.2 for the adaptive version: Algorithm 1 weighs the super-net's cross-entropy by 0.5
+    "resnet20": ModelRecipe("resnet20", epochs=8, adaptive_lr=0.2),
     # the larger: 27 blocks, about 1.2 ms
-    "resnet56": ModelRecipe("resnet56", epochs=4, train_samples=40000, exit_samples=20000, test_samples=5000),
+    "resnet56": ModelRecipe("resnet56", epochs=4, train_samples=40000, exit_samples=20000),
     # realistic compute: torchvision's ResNet-18 at its standard stem, Fashion-MNIST at 3x96x96
     "tv_resnet18-96": ModelRecipe(
-        "torchvision:resnet18", epochs=2, train_samples=40000, input_shape=(3, 96, 96), exit_samples=15000, test_samples=2000,
+        "torchvision:resnet18", epochs=2, train_samples=40000, input_shape=(3, 96, 96), exit_samples=15000, test_samples=5000,
     ),
 }
 DISTILL = Distillation(weight=0.5, temperature=3.0)
-# How exit heads are trained (all distilled from the final exit); each is measured, the best kept.
+
+
+@dataclass(frozen=True)
+class ExitRecipe:
+    """How exit heads are trained: on the frozen backbone, distilled from the final exit,
+    so the final exit stays the static model. Joint fine-tuning was measured too and cost
+    the final exit 1.2-3.2 points (docs/bench.md): not kept."""
+
+    head: HeadSpec
+    epochs: int
+
+
 EXIT_RECIPES = {
-    "frozen": ("frozen", HeadSpec()),  # pool + linear on the frozen backbone: the final exit stays the static model
-    "joint": ("joint", HeadSpec()),  # heads and backbone together
-    "frozen-conv": ("frozen", HeadSpec(conv_channels=32)),  # a conv3x3-BN-ReLU (32 channels) before pooling
+    "frozen": ExitRecipe(HeadSpec(), epochs=1),  # seed 000's pool + linear head
+    # a conv3x3-BN-ReLU (32 channels) before pooling; 4 epochs: +6 points at the first exit of resnet20 over 1
+    "frozen-conv": ExitRecipe(HeadSpec(conv_channels=32), epochs=4),
+    # the same with a stride-2 conv: a quarter of the head's cost, where heads cost as much as a block
+    "frozen-conv-s2": ExitRecipe(HeadSpec(conv_channels=32, conv_stride=2), epochs=4),
 }
-EARLY_WEIGHTS_SUM = 2.0  # joint training: the early exits' loss weights together (the final exit's is 1)
+ADAPTIVE_EXITS = "frozen-conv"  # the exit recipe of the adaptive-depth version
 FIXED_EXITS = ["layer1", "layer2"]
-FIXED_MEASURED = "frozen"  # the recipe whose fixed set is built and measured too (all are predicted)
+FIXED_MEASURED = "frozen-conv"  # the recipe whose fixed set is built and measured too (all are predicted)
 
 
 @dataclass
@@ -115,23 +134,33 @@ def main(argv: list[str] | None = None) -> int:
         recipe = MODELS[name]
         data = model_data(recipe, train_pool, calibration, test)
         static, nets = train_model(recipe, data, args.out / name)
+        adaptive = train_adaptive(recipe, data, args.out / name) if recipe.adaptive_lr else None
         if not args.train_only:
             results[name] = measure_model(name, data, static, nets, args)
+            if adaptive is not None:
+                results[name]["depth_and_exits"] = depth_and_exits(name, data, static, adaptive, args)
     if not args.train_only:
         report = {"dataset": args.data, "backend": "onnxruntime CPU", "threads": online_cores(), "max_drop_pt": args.max_drop,
                   "criterion": args.criterion, "models": results}
         write_json_atomic(args.results / "bench.json", report)
         write_json_atomic(args.results / "bench-summary.json", [summary_entry(name, r) for name, r in results.items()])
         plot_bench(report, args.results / "bench.png")
+        plot_depth_frontiers(report, args.results / "bench-depth.png")
         print_summary(report)
-        print(f"wrote bench.json, bench.png and bench-summary.json to {args.results}")
+        print(f"wrote bench.json, bench.png, bench-depth.png and bench-summary.json to {args.results}")
     return 0
 
 
 def model_data(recipe: ModelRecipe, pool: Dataset, calibration: Dataset, test: Dataset) -> ModelData:
-    """The model's splits, resized to its input shape (only the images it uses)."""
+    """The model's splits, resized to its input shape (only the images it uses). Pool
+    images the model does not train on join the calibration split: thresholds held to a
+    0.5-point target need more than 5000 images to hold on the test split."""
     train = pool.subset(slice(0, recipe.train_samples or len(pool)))
     exit_train = train.subset(slice(0, recipe.exit_samples or len(train)))
+    unused = pool.subset(slice(len(train), None))
+    calibration = dataclasses.replace(
+        calibration, images=np.concatenate([calibration.images, unused.images]), labels=np.concatenate([calibration.labels, unused.labels]),
+    )
     test = test.subset(slice(0, recipe.test_samples or len(test)))
     parts = [train, exit_train, calibration, test]
     if recipe.input_shape is not None and tuple(recipe.input_shape) != train.input_shape:
@@ -151,16 +180,29 @@ def train_model(recipe: ModelRecipe, data: ModelData, out: Path) -> tuple[BlockB
     spec = pipeline.backbone_spec(recipe.source, data.train, **recipe.kwargs)
     static = pipeline.static_model(spec, data.train, cfg, out / "static.pt")
     exit_spec = dataclasses.replace(spec, split_points=candidate_exits(static))
-    early = len(exit_spec.split_points)
     nets = {}
-    for name, (mode, head) in EXIT_RECIPES.items():
-        mode_cfg = dataclasses.replace(cfg, epochs=1, lr=recipe.joint_lr if mode == "joint" else cfg.lr)
-        weights = [EARLY_WEIGHTS_SUM / early] * early + [1.0] if mode == "joint" else None
-        head_spec = dataclasses.replace(exit_spec, head=head.to_dict() if head != HeadSpec() else {})
+    for name, exits in EXIT_RECIPES.items():
+        head_spec = dataclasses.replace(exit_spec, head=exits.head.to_dict() if exits.head != HeadSpec() else {})
         nets[name] = pipeline.multi_exit_model(
-            head_spec, mode, data.exit_train, mode_cfg, out / f"{name}.pt", static=static, exit_weights=weights, distill=DISTILL,
+            head_spec, "frozen", data.exit_train, dataclasses.replace(cfg, epochs=exits.epochs), out / f"{name}.pt",
+            static=static, distill=DISTILL,
         )
     return static, nets
+
+
+def train_adaptive(recipe: ModelRecipe, data: ModelData, out: Path) -> MultiExitNetwork:
+    """The same network with skippable sub-paths, trained from scratch by skip-aware
+    self-distillation for the static network's epochs, then exit heads after every stage
+    but the last on the frozen backbone, serving every depth."""
+    cfg = TrainConfig(epochs=recipe.epochs, flip=True, shift=1)
+    spec = pipeline.backbone_spec(recipe.source, data.train, **recipe.kwargs)
+    spec = dataclasses.replace(spec, skippable=make_adaptive(spec.build_backbone()).skippable)
+    backbone = pipeline.adaptive_model(spec, data.train, dataclasses.replace(cfg, lr=recipe.adaptive_lr), out / "adaptive.pt")
+    exits = EXIT_RECIPES[ADAPTIVE_EXITS]
+    return pipeline.adaptive_exits(
+        spec, backbone, data.exit_train, dataclasses.replace(cfg, epochs=exits.epochs), out / f"adaptive-{ADAPTIVE_EXITS}.pt",
+        head=exits.head, distill=DISTILL,
+    )
 
 
 # --- measurement ---------------------------------------------------------------------
@@ -170,7 +212,7 @@ def train_model(recipe: ModelRecipe, data: ModelData, out: Path) -> tuple[BlockB
 class ExitSet:
     """One exit set of one trained network, built and with its thresholds."""
 
-    label: str  # "frozen/chosen", "joint/fixed", ...
+    label: str  # "frozen/chosen", "frozen-conv/fixed", ...
     placement: Placement
     net: MultiExitNetwork
     runtime: Runtime
@@ -186,7 +228,7 @@ def measure_model(name: str, data: ModelData, static: BlockBackbone, nets: dict[
     for mode, net in nets.items():
         candidates = pipeline.build(net, data.calibration, out / mode / "candidates", f"{name}-{mode}-candidates", static=static)
         static_path = candidates.path_of(candidates.static_model["file"])  # type: ignore[index]
-        costs, whole_ratio = measure_costs(Runtime(candidates), StaticModel(static_path), data.calibration.subset(slice(0, args.cost_samples)))
+        costs, whole_ratio = measure_costs(candidates, StaticModel(static_path), data.calibration.subset(slice(0, args.cost_samples)))
         table = exit_table(net, data.calibration)
         chosen = place_exits(table, costs, target, args.criterion)
         fixed = evaluate_set(table, costs, [net.splits.index(net.backbone.resolve_split(p)) for p in FIXED_EXITS], target, args.criterion, 24)
@@ -212,18 +254,37 @@ def measure_model(name: str, data: ModelData, static: BlockBackbone, nets: dict[
     return model_report(data, measured, sets, int8, placements, static_cal) | {"max_drop": args.max_drop / 100}
 
 
-def measure_costs(runtime: Runtime, static: StaticModel, data: Dataset) -> tuple[CandidateCosts, float]:
+def depth_and_exits(name: str, data: ModelData, static: BlockBackbone, net: MultiExitNetwork, args: argparse.Namespace) -> dict[str, Any]:
+    """The adaptive-depth version: every depth configuration with its exits off and at the
+    thresholds that meet the target, measured against the static model, and the frontier."""
+    target = Target(max_drop=(args.max_drop - args.margin) / 100, reference_accuracy=exit_accuracies(static, data.calibration)[0])
+    manifest = pipeline.build(net, data.calibration, args.out / name / "adaptive", f"{name}-adaptive", static=static)
+    static_model = StaticModel(manifest.path_of(manifest.static_model["file"]))  # type: ignore[index]
+    depths = net.backbone.depth_configs()  # type: ignore[operator]
+    costs = data.calibration.subset(slice(0, args.cost_samples))
+    models, static_ms = depth_costs(Runtime(manifest), depths, static_model.config(), costs)
+    points = plan_depths(net, models, static_ms, data.calibration, target, args.criterion)
+    runtime = Runtime(pipeline.with_points(manifest, [p.operating_point(args.criterion) for p in points]), precisions=["fp32"])
+    configs = {"static": static_model.config()} | {p.name: runtime_config(runtime, point_name=p.name) for p in points}
+    measured = measure_interleaved(configs, data.test)
+    static_measured = measured.pop("static")
+    entries = point_entries(points, measured, static_measured)
+    ratios = {e["name"]: (e["accuracy"], e["ratio"]) for e in entries} | {"static": (static_measured.accuracy, 1.0)}
+    best = _best_within(ratios, static_measured.accuracy, args.max_drop / 100)
+    return {"static": static_measured.to_dict(), "points": entries, "frontier": frontier(measured | {"static": static_measured}),
+            "best": {"point": best, "accuracy_drop_pt": 100 * (static_measured.accuracy - ratios[best][0]), "ratio": ratios[best][1]}}
+
+
+def measure_costs(candidates: Manifest, static: StaticModel, data: Dataset) -> tuple[CandidateCosts, float]:
     """The chain cut at every candidate, each exit computed and each off, against the
     uncut network, interleaved; and the chain's whole engine against the static model."""
-    early = runtime.num_exits - 1
-    m = measure_interleaved(
-        {"static": static.config(), "off": runtime_config(runtime, [None] * early, whole=False),
-         "evaluated": runtime_config(runtime, [NONE_PASS] * early), "whole": runtime_config(runtime, [None] * early)},
-        data, progress=False, block=50,  # short blocks: the whole engine's ratio to the static model predicts the full point
-    )
-    off = m["off"].segment_ms or []
-    costs = candidate_costs(m["evaluated"].segment_ms or [], off[:-1], m["off"].mean_ms - sum(off), m["static"].mean_ms)
-    return costs, m["whole"].mean_ms / m["static"].mean_ms
+    configs = {"static": static.config()} | chain_configs("cut", candidates, None)
+    # short blocks: the whole engine's ratio to the static model predicts the full point
+    m = measure_interleaved(configs, data, progress=False, block=50)
+    trunks = m.get("cut/trunks") or m["cut/full"]
+    off = trunks.segment_ms or []
+    costs = candidate_costs(m["cut/evaluated"].segment_ms or [], off[:-1], trunks.mean_ms - sum(off), m["static"].mean_ms)
+    return costs, m["cut/full"].mean_ms / m["static"].mean_ms
 
 
 def plan_dict(p: Placement) -> dict[str, Any]:
@@ -257,17 +318,30 @@ def int8_chain(exits: ExitSet, data: ModelData, static_path: Path, target: Targe
 
 
 def measured_configs(static_path: Path, sets: list[ExitSet], int8: Int8Chain, criterion: str) -> dict[str, Config]:
+    """Every chain runs operating points of its manifest, as a deployment does (a point is
+    resolved once; per-call overrides cost the runtime a little more each call)."""
     configs: dict[str, Config] = {"static": StaticModel(static_path).config(), "static-int8": StaticModel(int8.static_path).config()}
     for s in sets:
-        early = s.runtime.num_exits - 1
-        configs[f"{s.label}/point"] = runtime_config(s.runtime, s.placement.plan.thresholds, criterion)
-        configs[f"{s.label}/evaluated"] = runtime_config(s.runtime, [NONE_PASS] * early, criterion)
-        configs[f"{s.label}/full"] = runtime_config(s.runtime, [None] * early)
-        configs[f"{s.label}/trunks"] = runtime_config(s.runtime, [None] * early, whole=False)
-    early = int8.runtime.num_exits - 1
-    configs[f"{int8.label}/point"] = runtime_config(int8.runtime, int8.thresholds, criterion, INT8)
-    configs[f"{int8.label}/evaluated"] = runtime_config(int8.runtime, [NONE_PASS] * early, criterion, INT8)
-    configs[f"{int8.label}/full"] = runtime_config(int8.runtime, [None] * early, None, INT8)
+        configs |= chain_configs(s.label, s.runtime.manifest, s.placement.plan.thresholds, criterion, "fp32")
+    return configs | chain_configs(int8.label, int8.runtime.manifest, int8.thresholds, criterion, INT8)
+
+
+def chain_configs(
+    label: str, manifest: Manifest, thresholds: list[float | None] | None, criterion: str = "entropy", precision: str = "fp32",
+) -> dict[str, Config]:
+    """The placed point (where given), every exit computed and none taken (the segment
+    costs), and full depth: the whole engine where a point with every exit off runs it,
+    and the chain's segments as trunks."""
+    early = manifest.num_exits - 1
+    points = {"point": thresholds} if thresholds is not None else {}
+    points |= {"evaluated": [NONE_PASS] * early, "full": [None] * early}
+    manifest = pipeline.with_points(
+        manifest, [OperatingPoint(kind, t, criterion, precision) for kind, t in points.items()],
+    )
+    runtime = Runtime(manifest, precisions=[precision])
+    configs = {f"{label}/{kind}": runtime_config(runtime, point_name=kind) for kind in points}
+    if runtime.has_whole and precision == "fp32":
+        configs[f"{label}/trunks"] = runtime_config(runtime, point_name="full", whole=False)
     return configs
 
 
@@ -345,6 +419,8 @@ def summary_entry(name: str, r: dict[str, Any]) -> dict[str, Any]:
     }
     if best in chains:
         entry["best_fp32"] |= {"exits": chains[best]["exits"], "vs_own_oracle": chains[best]["point"]["mean_ms"] / chains[best]["oracle_ms"]}
+    if "depth_and_exits" in r:  # its own run: its ratio is against the static model timed there
+        entry["depth_and_exits"] = r["depth_and_exits"]["best"]
     return entry
 
 
@@ -369,6 +445,17 @@ def print_summary(report: dict[str, Any]) -> None:
             oracle = f", oracle {s['oracle_ratio']:.2f}x" if "oracle_ratio" in s else ""
             print(f"  {label:>22}: {point['accuracy']:.2%} {point['mean_ms']:.3f} ms ({point['ratio']:.2f}x, predicted {point['predicted_ms']:.3f})"
                   f"  full depth {full['ratio']:.3f}x (chain {s['chain_full_ratio']:.3f}x){oracle}  exits {', '.join(f'{f:.0%}' for f in point['exit_fractions'])}")
+        if "depth_and_exits" in r:
+            print_depth_frontier(r["depth_and_exits"])
+
+
+def print_depth_frontier(d: dict[str, Any]) -> None:
+    front = set(d["frontier"])
+    print(f"  adaptive depth x exits (static {d['static']['accuracy']:.2%}, {d['static']['mean_ms']:.3f} ms in that run; * = on the frontier):")
+    for p in sorted(d["points"], key=lambda p: p["ratio"]):
+        print(f"    {'*' if p['name'] in front else ' '} {p['name']:>10}: {p['accuracy']:.2%} ({-p['accuracy_drop_pt']:+.2f} pt) {p['ratio']:.2f}x"
+              f" (predicted {p['predicted_ratio']:.2f}x)  exits {', '.join(f'{f:.0%}' for f in p['exit_fractions'])}")
+    print(f"    best within the target: {d['best']['point']} {d['best']['ratio']:.2f}x, {-d['best']['accuracy_drop_pt']:+.2f} pt")
 
 
 def cli() -> int:

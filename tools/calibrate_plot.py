@@ -6,17 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from calibration.evaluate import pareto_front
 from tools._plot import pyplot, save
-
-
-def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Points no other point beats on both latency (lower) and accuracy (higher)."""
-    front, best = [], -1.0
-    for p in sorted(points, key=lambda p: (p["mean_ms"], -p["accuracy"])):
-        if p["accuracy"] > best:
-            front.append(p)
-            best = p["accuracy"]
-    return front
 
 
 def plot_pareto(report: dict[str, Any], path: Path) -> None:
