@@ -56,7 +56,7 @@ class ModelRecipe:
     input_shape: tuple[int, int, int] | None = None  # None: the data's own
     exit_samples: int = 0  # 0: as train_samples
     test_samples: int = 0  # 0: the whole test split
-    adaptive_lr: float = 0.0  # > 0: an adaptive-depth version too (seed 003), from scratch for the same epochs at this lr
+    adaptive_lr: float = 0.0  # > 0: with --depth-frontier, an adaptive-depth version too (seed 003), from scratch for the same epochs at this lr
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -86,14 +86,15 @@ class ExitRecipe:
 
 EXIT_RECIPES = {
     "frozen": ExitRecipe(HeadSpec(), epochs=1),  # seed 000's pool + linear head
-    # a conv3x3-BN-ReLU (32 channels) before pooling; 4 epochs: +6 points at the first exit of resnet20 over 1
-    "frozen-conv": ExitRecipe(HeadSpec(conv_channels=32), epochs=4),
-    # the same with a stride-2 conv: a quarter of the head's cost, where heads cost as much as a block
+    # a conv3x3-BN-ReLU (32 channels) at stride 2 before pooling: on resnet20 as accurate as
+    # at stride 1 (docs/bench.md) for a quarter of the head's cost; 4 epochs: +6 points at
+    # the first exit over 1
     "frozen-conv-s2": ExitRecipe(HeadSpec(conv_channels=32, conv_stride=2), epochs=4),
 }
-ADAPTIVE_EXITS = "frozen-conv"  # the exit recipe of the adaptive-depth version
+# the adaptive-depth version's exit heads (after layer1 and layer2), and their checkpoint's name
+ADAPTIVE_EXITS = ("frozen-conv", ExitRecipe(HeadSpec(conv_channels=32), epochs=4))
 FIXED_EXITS = ["layer1", "layer2"]
-FIXED_MEASURED = "frozen-conv"  # the recipe whose fixed set is built and measured too (all are predicted)
+FIXED_MEASURED = "frozen-conv-s2"  # the recipe whose fixed set is built and measured too (all are predicted)
 
 
 @dataclass
@@ -115,6 +116,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--margin", type=float, default=0.15, help="points kept in hand when choosing on the calibration split")
     p.add_argument("--criterion", default="entropy", choices=["entropy", "maxprob"])
     p.add_argument("--cost-samples", type=int, default=1000, help="calibration images timed for the candidate costs")
+    p.add_argument("--depth-frontier", action="store_true",
+                   help="also an adaptive-depth version of the models that have one (resnet20): depth and exits on one frontier")
     return p.parse_args(argv)
 
 
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = MODELS[name]
         data = model_data(recipe, train_pool, calibration, test)
         static, nets = train_model(recipe, data, args.out / name)
-        adaptive = train_adaptive(recipe, data, args.out / name) if recipe.adaptive_lr else None
+        adaptive = train_adaptive(recipe, data, args.out / name) if recipe.adaptive_lr and args.depth_frontier else None
         if not args.train_only:
             results[name] = measure_model(name, data, static, nets, args)
             if adaptive is not None:
@@ -198,9 +201,9 @@ def train_adaptive(recipe: ModelRecipe, data: ModelData, out: Path) -> MultiExit
     spec = pipeline.backbone_spec(recipe.source, data.train, **recipe.kwargs)
     spec = dataclasses.replace(spec, skippable=make_adaptive(spec.build_backbone()).skippable)
     backbone = pipeline.adaptive_model(spec, data.train, dataclasses.replace(cfg, lr=recipe.adaptive_lr), out / "adaptive.pt")
-    exits = EXIT_RECIPES[ADAPTIVE_EXITS]
+    label, exits = ADAPTIVE_EXITS
     return pipeline.adaptive_exits(
-        spec, backbone, data.exit_train, dataclasses.replace(cfg, epochs=exits.epochs), out / f"adaptive-{ADAPTIVE_EXITS}.pt",
+        spec, backbone, data.exit_train, dataclasses.replace(cfg, epochs=exits.epochs), out / f"adaptive-{label}.pt",
         head=exits.head, distill=DISTILL,
     )
 
