@@ -77,7 +77,7 @@ def test_the_depth_frontier_is_summarised_printed_and_drawn(tmp_path: Path, caps
     assert "*   FF-exits: 91.80% (-0.20 pt) 0.80x (predicted 0.82x)" in out
     assert "best within the target: FF-exits 0.80x, -0.20 pt" in out
     path = tmp_path / "depth.png"
-    plot_depth_frontiers(report, path)
+    assert plot_depth_frontiers(report, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    plot_depth_frontiers({"max_drop_pt": 0.5, "models": {"m": model(0.917, 0.5)}}, tmp_path / "none.png")
+    assert not plot_depth_frontiers({"max_drop_pt": 0.5, "models": {"m": model(0.917, 0.5)}}, tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()  # no adaptive-depth model: no picture

@@ -148,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(args.results / "bench.json", report)
         write_json_atomic(args.results / "bench-summary.json", [summary_entry(name, r) for name, r in results.items()])
         plot_bench(report, args.results / "bench.png")
-        plot_depth_frontiers(report, args.results / "bench-depth.png")
+        depth = plot_depth_frontiers(report, args.results / "bench-depth.png")
         print_summary(report)
-        print(f"wrote bench.json, bench.png, bench-depth.png and bench-summary.json to {args.results}")
+        print(f"wrote bench.json, bench.png{', bench-depth.png' if depth else ''} and bench-summary.json to {args.results}")
     return 0
 
 

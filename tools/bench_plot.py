@@ -32,12 +32,13 @@ def plot_bench(report: dict[str, Any], path: Path) -> None:
     save(fig, path)
 
 
-def plot_depth_frontiers(report: dict[str, Any], path: Path) -> None:
+def plot_depth_frontiers(report: dict[str, Any], path: Path) -> bool:
     """Every depth configuration, exits off (squares) and at its thresholds (dots), the
-    frontier through them, against the static model (a star)."""
+    frontier through them, against the static model (a star); False (no file) where no
+    model has an adaptive-depth version."""
     models = {name: m["depth_and_exits"] for name, m in report["models"].items() if "depth_and_exits" in m}
     if not models:
-        return
+        return False
     plt = pyplot()
     fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5), squeeze=False)
     for ax, (name, d) in zip(axes[0], models.items()):
@@ -57,3 +58,4 @@ def plot_depth_frontiers(report: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     save(fig, path)
+    return True
