@@ -215,7 +215,7 @@ def train_adaptive(recipe: ModelRecipe, data: ModelData, out: Path) -> MultiExit
 class ExitSet:
     """One exit set of one trained network, built and with its thresholds."""
 
-    label: str  # "frozen/chosen", "frozen-conv/fixed", ...
+    label: str  # "frozen/chosen", "frozen-conv-s2/fixed", ...
     placement: Placement
     net: MultiExitNetwork
     runtime: Runtime
