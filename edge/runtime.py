@@ -79,23 +79,23 @@ class Runtime:
         self.backend = create_backend(backend, **backend_options) if isinstance(backend, str) else backend
         self.backend.load(self.manifest)
         self._backends: dict[tuple[str, bool], Backend] = {("fp32", False): self.backend}  # (precision, skip)
-        try:
-            for precision in self._extra_precisions(precisions):
-                self._backends[(precision, False)] = self._load_variant(precision, False)
-            if self.manifest.adaptive:  # base variants are fp32 only
-                self._backends[("fp32", True)] = self._load_variant("fp32", True)
-        except Exception:
-            self.close()  # nothing half-loaded stays open
-            raise
         self._input_shape = tuple(self.manifest.input.shape[1:])
         self._max_batch = self.manifest.batch.get("max", 0)
         self._batch_limit = self._max_batch or math.inf
         self.num_exits = self.manifest.num_exits
         self._exit_ids = [_read_only(np.array([k])) for k in range(self.num_exits)]  # batch-1 results share these
         self._point_cache: dict[str, _Point] = {}
-        self._static, self._no_static = self._load_static()
-        self._whole = self._load_whole()
-        self._point = self._resolved(operating_point or self._default_point())
+        try:
+            for precision in self._extra_precisions(precisions):
+                self._backends[(precision, False)] = self._load_variant(precision, False)
+            if self.manifest.adaptive:  # base variants are fp32 only
+                self._backends[("fp32", True)] = self._load_variant("fp32", True)
+            self._static, self._no_static = self._load_static()
+            self._whole = self._load_whole()
+            self._point = self._resolved(operating_point or self._default_point())
+        except Exception:
+            self.close()  # nothing half-loaded stays open
+            raise
 
     @property
     def operating_point(self) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import INPUT_SHAPE, MAX_BATCH, reference_session, run_named
+from conftest import INPUT_SHAPE, MAX_BATCH, read_manifest_json, reference_session, run_named, write_manifest_json
+from edge.atomic import sha256_file
 from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 from edge.errors import InputError, ManifestError
 from edge.runtime import InferenceResult, Runtime
@@ -189,7 +190,21 @@ def test_a_fine_tuned_chain_gets_its_own_whole_engine(net, digits_test, tmp_path
     np.testing.assert_allclose(whole.probabilities, runtime.infer(x, thresholds=[None, None], whole=False).probabilities, rtol=0, atol=1e-5)
     (tmp_path / "whole.onnx").write_bytes((tmp_path / "whole.onnx").read_bytes()[:-8])
     with pytest.raises(ManifestError, match="whole.onnx"):
-        Runtime(tmp_path)
+        Runtime(tmp_path)  # its checksum no longer matches
+    # a file that matches its checksum but onnxruntime cannot load: the sessions opened so far close
+    data = read_manifest_json(tmp_path)
+    data["whole_model"]["sha256"] = sha256_file(tmp_path / "whole.onnx")
+    write_manifest_json(tmp_path, data)
+    closed = []
+
+    class Counting(OnnxRuntimeBackend):
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    with pytest.raises(ManifestError, match="whole.onnx"):
+        Runtime(tmp_path, backend=Counting())
+    assert closed, "the segments' sessions stay open after the whole engine failed to load"
 
 
 def test_a_frozen_copy_of_the_static_backbone_shares_its_engine(net, digits_test, tmp_path: Path) -> None:
