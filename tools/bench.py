@@ -334,7 +334,8 @@ def chain_configs(
 ) -> dict[str, Config]:
     """The placed point (where given), every exit computed and none taken (the segment
     costs), and full depth: the whole engine where a point with every exit off runs it,
-    and the chain's segments as trunks."""
+    and the chain's segments as trunks. Writes these points into the manifest (its
+    folder's manifest.json) and serves them from a runtime of their own."""
     early = manifest.num_exits - 1
     points = {"point": thresholds} if thresholds is not None else {}
     points |= {"evaluated": [NONE_PASS] * early, "full": [None] * early}
