@@ -7,6 +7,7 @@ way).
 
     edge-bench --train-only     # train (checkpoints cached under --out)
     edge-bench                  # place exits, build, measure, write docs/results/bench*.json
+    edge-bench --rules          # then: exit decision rules compared on the placed exits
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from calibration.thresholds import Target, search_thresholds
 from calibration.train import Distillation, TrainConfig, exit_accuracies, set_threads
 from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
+from edge.errors import UserError
 from edge.manifest import Manifest, OperatingPoint
 from edge.runtime import Runtime
 from engines.adaptive import make_adaptive
@@ -39,6 +41,7 @@ from engines.backbone import BlockBackbone
 from engines.heads import HeadSpec
 from engines.partition import MultiExitNetwork
 from engines.quantize import QuantJob, quantize_segments
+from tools import bench_rules
 from tools._cli import run_main
 from tools.bench_plot import plot_bench, plot_depth_frontiers
 
@@ -116,6 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--margin", type=float, default=0.15, help="points kept in hand when choosing on the calibration split")
     p.add_argument("--criterion", default="entropy", choices=["entropy", "maxprob"])
     p.add_argument("--cost-samples", type=int, default=1000, help="calibration images timed for the candidate costs")
+    p.add_argument("--rules", action="store_true",
+                   help="compare exit decision rules on each model's placed exits (after edge-bench; writes bench-rules.json)")
     p.add_argument("--depth-frontier", action="store_true",
                    help="also an adaptive-depth version of the models that have one (resnet20): depth and exits on one frontier")
     return p.parse_args(argv)
@@ -132,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     test = load_dataset(args.data, "test")
     # the 5000 images the quickstart and edge-calibrate hold out too (a fifth of a small dataset)
     train_pool, calibration = train_all.split(min(5000, len(train_all) // 5) / len(train_all), seed=0)
+    if args.rules:
+        return compare_rules(names, train_pool, calibration, test, args)
     results: dict[str, Any] = {}
     for name in names:
         recipe = MODELS[name]
@@ -151,6 +158,20 @@ def main(argv: list[str] | None = None) -> int:
         depth = plot_depth_frontiers(report, args.results / "bench-depth.png")
         print_summary(report)
         print(f"wrote bench.json, bench.png{', bench-depth.png' if depth else ''} and bench-summary.json to {args.results}")
+    return 0
+
+
+def compare_rules(names: list[str], pool: Dataset, calibration: Dataset, test: Dataset, args: argparse.Namespace) -> int:
+    bench = bench_rules.read_bench(args.results)
+    target = (args.max_drop - args.margin) / 100
+    report: dict[str, Any] = {"target_pt": 100 * target, "predicted": "from the costs in bench.json", "models": {}}
+    for name in names:
+        if name not in bench["models"]:
+            raise UserError(f"{name} is not in {args.results / 'bench.json'}; run edge-bench --models {name} first")
+        data = model_data(MODELS[name], pool, calibration, test)
+        _, nets = train_model(MODELS[name], data, args.out / name)
+        report["models"][name] = bench_rules.model_rules(bench["models"][name], FIXED_MEASURED, nets[FIXED_MEASURED], data.calibration, data.test, target)
+    bench_rules.write_rules(args.results, report)
     return 0
 
 
