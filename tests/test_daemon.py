@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from edge.daemon.config import ConfigError, DaemonConfig, load_config
-from edge.daemon.main import Daemon
+from edge.daemon.main import Daemon, main
 from edge.manifest import load_manifest, save_manifest
 from edge.runtime import Runtime
 from tests.conftest import INPUT_SHAPE
@@ -271,6 +271,31 @@ def test_an_engine_missing_at_start_leaves_the_server_up_and_the_model_not_ready
         assert 'edge_model_ready{model="digits"} 0' in raw_text(url, "/metrics")
     finally:
         daemon.stop()
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty", "a file"])
+def test_a_repository_without_models_stops_edged_at_start(tmp_path: Path, layout: str, capsys: pytest.CaptureFixture[str]) -> None:
+    repository = tmp_path / "models"
+    if layout == "empty":
+        (repository / "not-a-model").mkdir(parents=True)
+    elif layout == "a file":
+        repository.write_text("")
+    assert main(["--model-repository", str(repository), "--port", "0", "--sensors", "none", "--log-format", "text"]) == 1
+    error = capsys.readouterr().err
+    expected = {"missing": "does not exist", "empty": "holds no model", "a file": "is not a folder"}[layout]
+    assert f"model repository {repository}" in error and expected in error
+
+
+@pytest.mark.parametrize(("host", "token", "warned"), [("0.0.0.0", False, True), ("0.0.0.0", True, False), ("127.0.0.1", False, False)])
+def test_listening_beyond_loopback_without_a_token_is_warned(
+    engines: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, host: str, token: bool, warned: bool,
+) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    config = DaemonConfig(model_repository=str(engines), host=host, port=0, sensors="none", token_file=str(tmp_path / "token") if token else "")
+    with caplog.at_level("WARNING", logger="edged"):
+        daemon = start(config)
+        daemon.stop()
+    assert any("without a token" in r.getMessage() for r in caplog.records) == warned
 
 
 def test_a_bearer_token_guards_infer_and_admin_but_not_health(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:

@@ -10,6 +10,7 @@ the way out. Logs are JSON lines on stderr (log_format = "text" for people).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -71,6 +72,10 @@ class Daemon:
         return loop
 
     def start(self) -> None:
+        host = self.address[0]
+        if self.app.token is None and not is_loopback(host):
+            log.warning("listening on %s without a token: anyone who reaches this address can run inference and read the metrics"
+                        " (set token_file)", host)
         for loop in self.governors.values():
             loop.start()
         self._thread = serve_in_thread(self.server)
@@ -88,6 +93,13 @@ class Daemon:
             loop.stop()
         self.server.server_close()
         log.info("stopped")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: loopback only if it is localhost
+        return host == "localhost"
 
 
 def sd_notify(message: str) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edge.daemon.metrics import Registry
-from edge.errors import EdgeError
+from edge.errors import EdgeError, UserError
 from edge.governor import Governor, Policy, ladder, load_policy
 from edge.manifest import MANIFEST_NAME
 from edge.runtime import Runtime
@@ -194,14 +194,21 @@ class Model:
             self.runtime.close()
 
 
+class RepositoryError(UserError):
+    """The model repository is missing or holds no model: edged cannot start."""
+
+
 def find_models(repository: Path) -> dict[str, Path]:
-    """A manifest folder is one model named after the folder; else every subfolder with a manifest."""
+    """A manifest folder is one model named after the folder; else every subfolder with a
+    manifest. A repository that does not exist or holds no manifest is an error: a
+    daemon serving nothing would only answer 503 forever."""
+    if not repository.is_dir():
+        raise RepositoryError(f"model repository {repository} {'is not a folder' if repository.exists() else 'does not exist'}")
     if (repository / MANIFEST_NAME).is_file():
         return {repository.resolve().name: repository}
-    models = {p.name: p for p in sorted(repository.iterdir()) if (p / MANIFEST_NAME).is_file()} if repository.is_dir() else {}
+    models = {p.name: p for p in sorted(repository.iterdir()) if (p / MANIFEST_NAME).is_file()}
     if not models:
-        # One named model whose manifest is missing: served as not ready, with the reason.
-        return {repository.resolve().name: repository}
+        raise RepositoryError(f"model repository {repository} holds no model: no {MANIFEST_NAME} in it or in any folder directly under it")
     return models
 
 
