@@ -92,7 +92,16 @@ def test_heat_moves_down_at_once_and_cooling_moves_up_one_level_per_dwell() -> N
 def test_between_the_limits_the_level_rises_with_the_temperature() -> None:
     g, _ = governor()
     levels = [g.tick(t, reading(t, temp)).level for t, temp in enumerate([79.0, 80.0, 84.0, 88.0, 91.9, 92.0])]
-    assert levels == sorted(levels) and levels[0] == 0 and levels[1] >= 1 and levels[-2] < 4 == levels[-1]
+    # levels 1..3 spread evenly over 80..92 C: a third of the range each
+    assert levels == [0, 1, 2, 3, 3, 4]
+
+
+def test_cooling_within_the_hysteresis_holds_the_level_past_the_dwell() -> None:
+    g, _ = governor(min_dwell_s=5.0, hysteresis_c=3.0)
+    assert g.tick(0, reading(0, 81.0)).level == 1
+    # 79 C is below the soft limit but not by the 3 C hysteresis: no move up, however long
+    assert [g.tick(t, reading(t, 79.0)).level for t in range(10, 40, 5)] == [1] * 6
+    assert g.tick(45, reading(45, 76.9)).level == 0  # 3.1 C below: up
 
 
 def test_only_the_zones_named_in_the_policy_count() -> None:
