@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from calibration.data import Dataset
-from calibration.evaluate import Config, Measurement, measure_interleaved, pareto_front, runtime_config
+from calibration.evaluate import Config, Measurement, measure_interleaved, runtime_config
 from calibration.exits import exit_table, outcome
 from calibration.latency import NONE_PASS, LatencyModel
 from calibration.thresholds import Target, search_thresholds
+from edge.frontier import pareto_front
 from edge.manifest import SKIP, OperatingPoint
 from edge.runtime import Runtime
 from engines.partition import MultiExitNetwork
@@ -82,8 +83,7 @@ def plan_depths(
 
 def frontier(measured: dict[str, Measurement]) -> list[str]:
     """Names of the points no other point beats on both mean latency and accuracy."""
-    points = [{"name": name, "mean_ms": m.mean_ms, "accuracy": m.accuracy} for name, m in measured.items()]
-    return [p["name"] for p in pareto_front(points)]
+    return [name for name, _ in pareto_front(list(measured.items()), lambda p: p[1].mean_ms, lambda p: p[1].accuracy)]
 
 
 def point_entries(points: Sequence[DepthPoint], measured: dict[str, Measurement], static: Measurement) -> list[dict[str, Any]]:

@@ -110,16 +110,6 @@ def _summary(latencies_ms: np.ndarray, correct: np.ndarray, exits: np.ndarray, n
     )
 
 
-def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Points no other point beats on both latency (lower) and accuracy (higher)."""
-    front, best = [], -1.0
-    for p in sorted(points, key=lambda p: (p["mean_ms"], -p["accuracy"])):
-        if p["accuracy"] > best:
-            front.append(p)
-            best = p["accuracy"]
-    return front
-
-
 def measure_throughput(infer: Callable[[np.ndarray], Any], data: Dataset, batch_size: int = 64) -> float:
     """Samples per second at a fixed batch size over the whole dataset."""
     images = np.ascontiguousarray(data.images, dtype=np.float32)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
 
 from edge.errors import ManifestError, UserError
+from edge.frontier import pareto_front
 from edge.manifest import Manifest
 from edge.sensors.base import Reading
 
@@ -121,12 +122,7 @@ def ladder(
         rungs.append(Rung(name, float(figures["mean_ms"]), figures.get("accuracy")))
     if names:
         return rungs
-    rungs.sort(key=lambda r: (-r.mean_ms, -(r.accuracy or 0.0)))
-    kept: list[Rung] = []
-    for rung in reversed(rungs):  # cheapest first: keep a point only if it is more accurate than every cheaper one
-        if not kept or rung.accuracy is None or kept[-1].accuracy is None or rung.accuracy > kept[-1].accuracy:
-            kept.append(rung)
-    return kept[::-1]
+    return pareto_front(rungs, lambda r: r.mean_ms, lambda r: r.accuracy)[::-1]
 
 
 @dataclass(frozen=True)

@@ -399,19 +399,6 @@ def test_every_depth_gets_its_costs_its_exits_off_and_its_thresholds(adaptive_bu
 
 # --- the report tool --------------------------------------------------------------------------
 
-def test_pareto_front_keeps_only_points_nothing_beats() -> None:
-    from calibration.evaluate import pareto_front
-
-    points = [
-        {"name": "a", "mean_ms": 1.0, "accuracy": 0.90},
-        {"name": "b", "mean_ms": 0.5, "accuracy": 0.85},
-        {"name": "c", "mean_ms": 0.7, "accuracy": 0.84},  # slower and worse than b
-        {"name": "d", "mean_ms": 1.2, "accuracy": 0.90},  # as good as a, slower
-        {"name": "e", "mean_ms": 0.4, "accuracy": 0.80},
-    ]
-    assert [p["name"] for p in pareto_front(points)] == ["e", "b", "a"]
-
-
 def test_adaptive_report_end_to_end_on_digits(adaptive_net, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tools import adaptive_report
     from tools._cli import run_main

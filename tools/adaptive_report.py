@@ -13,16 +13,18 @@ with the depth configuration they run at. Writes adaptive.json, depths.png, pare
 from __future__ import annotations
 
 import argparse
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from calibration import pipeline
 from calibration.data import Dataset, load_dataset
-from calibration.evaluate import Config, Measurement, StaticModel, measure_interleaved, pareto_front, runtime_config
+from calibration.evaluate import Config, Measurement, StaticModel, measure_interleaved, runtime_config
 from calibration.train import set_threads
 from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
 from edge.errors import UserError
+from edge.frontier import pareto_front
 from edge.manifest import Manifest, OperatingPoint
 from edge.runtime import Runtime
 from engines.adaptive import AdaptiveBackbone
@@ -143,7 +145,7 @@ def make_report(
         "dataset": args.data, "checkpoint": str(args.checkpoint), "backend": "onnxruntime CPU", "threads": online_cores(),
         "super_depth": super_depth, "base_depth": base_depth,
         "table_samples": samples[0], "depths": rows, "sweep_samples": samples[1],
-        "thresholds": thresholds, "sweep": points, "pareto": pareto_front(points),
+        "thresholds": thresholds, "sweep": points, "pareto": pareto_front(points, itemgetter("mean_ms"), itemgetter("accuracy")),
         "sweep_static": sweep["static"].to_dict() if "static" in sweep else None, "summary": summary,
     }
 

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import logging
 import platform
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,6 +29,7 @@ from calibration.train import set_threads
 from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
 from edge.errors import UserError
+from edge.frontier import most_accurate_within
 from edge.manifest import MANIFEST_NAME, STATIC, Manifest, OperatingPoint, load_manifest, save_manifest
 from edge.runtime import Runtime
 from engines.build import BuildOptions, build_engines
@@ -330,12 +332,11 @@ def make_report(
 
 def budget_answer(budget_ms: float, points: list[dict[str, Any]]) -> dict[str, Any]:
     """The most accurate measured point within the budget, or a clear no."""
-    within = [p for p in points if p["mean_ms"] <= budget_ms]
-    if not within:
+    best = most_accurate_within(points, budget_ms, itemgetter("mean_ms"), itemgetter("accuracy"))
+    if best is None:
         fastest = min(points, key=lambda p: p["mean_ms"])
         return {"budget_ms": budget_ms, "met": False,
                 "message": f"no operating point meets {budget_ms:.3f} ms: the fastest, {fastest['name']}, measured {fastest['mean_ms']:.3f} ms"}
-    best = max(within, key=lambda p: (p["accuracy"], -p["mean_ms"]))
     return {"budget_ms": budget_ms, "met": True, "point": best["name"], "mean_ms": best["mean_ms"], "accuracy": best["accuracy"],
             "message": f"{best['name']}: {best['accuracy']:.2%} at {best['mean_ms']:.3f} ms (budget {budget_ms:.3f} ms)"}
 

@@ -3,10 +3,11 @@ operating point, one line per exit criterion, with the Pareto frontier over all.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from calibration.evaluate import pareto_front
+from edge.frontier import pareto_front
 from tools._plot import pyplot, save
 
 
@@ -18,7 +19,7 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
     for key in sorted({(p["criterion"], p["precision"]) for p in chain}):
         group = sorted((p for p in chain if (p["criterion"], p["precision"]) == key), key=lambda p: p["mean_ms"])
         ax.plot([p["mean_ms"] for p in group], [100 * p["accuracy"] for p in group], marker="o", alpha=0.8, label=f"{key[0]} ({key[1]})")
-    front = pareto_front(points)
+    front = pareto_front(points, itemgetter("mean_ms"), itemgetter("accuracy"))
     ax.plot([p["mean_ms"] for p in front], [100 * p["accuracy"] for p in front], color="black", linewidth=2, alpha=0.35, label="Pareto frontier")
     static = report.get("static")
     if static:

@@ -24,6 +24,7 @@ from edge.daemon.metrics import Registry
 from edge.daemon.protocol import ProtocolError, encode_response, error_body, parse_request
 from edge.daemon.serving import GovernorLoop, Model, ModelUnavailable, Overloaded, RequestTimeout
 from edge.errors import InputError, ManifestError
+from edge.frontier import most_accurate_within
 
 log = logging.getLogger(__name__)
 
@@ -357,11 +358,11 @@ def point_within_budget(model: Model, budget_ms: float) -> str:
     measured = [p for p in model.runtime.manifest.operating_points if "mean_ms" in p.measured]
     if not measured:
         raise ProtocolError(f"model {model.name!r}: no operating point has a measured latency, so a latency budget cannot be honoured")
-    fitting = [p for p in measured if p.measured["mean_ms"] <= budget_ms]
-    if not fitting:
+    best = most_accurate_within(measured, budget_ms, lambda p: p.measured["mean_ms"], lambda p: p.measured.get("accuracy"))
+    if best is None:
         fastest = min(measured, key=lambda p: p.measured["mean_ms"])
         raise ProtocolError(f"no operating point fits {budget_ms:g} ms; the fastest, {fastest.name!r}, measured {fastest.measured['mean_ms']:.3f} ms")
-    return max(fitting, key=lambda p: (p.measured.get("accuracy", 0.0), -p.measured["mean_ms"])).name
+    return best.name
 
 
 class Server(ThreadingHTTPServer):
