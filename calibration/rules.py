@@ -12,10 +12,9 @@ thresholds `calibration.thresholds` chooses as for any criterion.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from calibration.exits import ExitTable, oracle_reach, outcome
 from calibration.placement import CandidateCosts
@@ -65,10 +64,12 @@ class LogisticRule:
     """Per early exit, P(this exit agrees with the final one | features), fitted on one
     split; the score is 1 - P."""
 
-    models: list[LogisticRegression]
+    models: list[Any]  # sklearn's LogisticRegression, imported when fitting
 
     @classmethod
     def fit(cls, probs: Sequence[np.ndarray]) -> "LogisticRule":
+        from sklearn.linear_model import LogisticRegression  # lazy: heavy, and only this rule needs it
+
         final = probs[-1].argmax(axis=1)
         models = []
         for k in range(len(probs) - 1):

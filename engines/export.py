@@ -11,6 +11,7 @@ confident": a sample leaves when its score <= the exit's threshold.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Sequence
@@ -23,6 +24,16 @@ from edge.atomic import atomic_path
 from engines.partition import MultiExitNetwork, Segment
 
 OPSET = 18  # what TensorRT 10.3 (JetPack 6.1) parses; the dynamo exporter's floor
+# Without torchvision the exporter warns about each torchvision op it skips registering,
+# four lines per export: none of them is ever in a segment.
+EXPORTER_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+def _not_torchvision_skips(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("torchvision is not installed")
+
+
+logging.getLogger(EXPORTER_REGISTRY_LOGGER).addFilter(_not_torchvision_skips)
 FEATURES, PROBS, ENTROPY, MAXPROB, GATE = "features", "probs", "entropy", "maxprob", "gate"
 CRITERIA = (ENTROPY, MAXPROB, GATE)
 

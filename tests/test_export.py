@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -204,3 +206,13 @@ def test_export_check_still_works_after_a_runtime_exists(built, net, real_images
     graph = ExportedGraph(folder / info.file, [TensorSpec(info.input.name, info.input.shape)], [])
     x = np.ascontiguousarray(real_images[:4])
     assert max_abs_diff_vs_torch(ExportableSegment(net.segments[0]), graph, [x]) <= TOL
+
+
+def test_the_exporters_torchvision_skips_are_silenced_and_its_other_warnings_kept(caplog: pytest.LogCaptureFixture) -> None:
+    from engines.export import EXPORTER_REGISTRY_LOGGER
+
+    registry = logging.getLogger(EXPORTER_REGISTRY_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=EXPORTER_REGISTRY_LOGGER):
+        registry.warning("torchvision is not installed. Skipping %s", "torchvision::nms")
+        registry.warning("something else went wrong")
+    assert [r.getMessage() for r in caplog.records] == ["something else went wrong"]

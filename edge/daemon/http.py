@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge.daemon.config import DaemonConfig
-from edge.daemon.metrics import Registry
+from edge.daemon.metrics import CONTENT_TYPE, Registry
 from edge.daemon.protocol import ProtocolError, encode_response, error_body, parse_request
 from edge.daemon.serving import GovernorLoop, Model, ModelUnavailable, Overloaded, RequestTimeout
 from edge.errors import InputError, ManifestError
@@ -84,7 +84,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(HTTPStatus.OK, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
         if path == "/metrics":
             if self._authorized():
-                self._send(HTTPStatus.OK, self.app.metrics.render().encode(), "text/plain; version=0.0.4")
+                self._send(HTTPStatus.OK, self.app.metrics.render(), CONTENT_TYPE)
             return None
         if path == "/v2/edge/governor":
             if self._authorized():
@@ -164,9 +164,9 @@ class Handler(BaseHTTPRequestHandler):
             if counted:
                 self.app.end()
         elapsed = time.perf_counter() - started
-        self.app.metrics.requests.inc(model=model.name, code=str(int(status)))
+        self.app.metrics.requests.labels(code=str(int(status)), model=model.name).inc()
         if status != HTTPStatus.OK:
-            self.app.metrics.errors.inc(kind=status.phrase.lower().replace(" ", "_"))
+            self.app.metrics.errors.labels(kind=status.phrase.lower().replace(" ", "_")).inc()
         else:
             self.app.metrics.latency.observe(elapsed)
             governor = self.app.governors.get(model.name)

@@ -58,7 +58,7 @@ class Daemon:
             source = open_sensors(self.config.sensors, self.config.sysfs_root)
         except EdgeError as exc:
             log.error("no sensor source (%s): serving %s at its default point without a governor", exc, model.name)
-            self.metrics.sensor_up.set(0.0, source="none")
+            self.metrics.sensor_up.labels(source="none").set(0.0)
             return None
         if source is None:
             return None

@@ -67,7 +67,7 @@ class Model:
         except EdgeError as exc:  # a missing or corrupt engine: the daemon stays up, the model is not ready
             self.reason = str(exc)
             log.error("model %s not ready: %s", name, exc)
-        metrics.model_ready.set(1.0 if self.runtime else 0.0, model=name)
+        metrics.model_ready.labels(model=name).set(1.0 if self.runtime else 0.0)
         engine_max = self.runtime.manifest.batch.get("max", 0) if self.runtime else 0
         self.max_batch = min(max_batch, engine_max) if engine_max else max_batch  # the engines' limit binds batching too
         self.max_delay_s = max_delay_s
@@ -96,9 +96,9 @@ class Model:
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
-                self.metrics.refusals.inc(model=self.name)
+                self.metrics.refusals.labels(model=self.name).inc()
                 raise Overloaded(f"model {self.name!r}: {self._queue.maxsize} requests already waiting") from None
-        self.metrics.queue_depth.set(self._queue.qsize(), model=self.name)
+        self.metrics.queue_depth.labels(model=self.name).set(self._queue.qsize())
         return job
 
     def _serve(self) -> None:
@@ -150,7 +150,7 @@ class Model:
                     break
                 batch.append(nxt)
                 rows += len(nxt.images)
-            self.metrics.queue_depth.set(self._queue.qsize(), model=self.name)
+            self.metrics.queue_depth.labels(model=self.name).set(self._queue.qsize())
             self._run(batch)
 
     def _run(self, batch: list[Job]) -> None:
@@ -180,7 +180,7 @@ class Model:
             start = end
         for k, count in enumerate(np.bincount(result.exits, minlength=self.runtime.num_exits)):
             if count:
-                self.metrics.exits.inc(float(count), model=self.name, exit=str(k))
+                self.metrics.exits.labels(exit=str(k), model=self.name).inc(float(count))
 
     def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Refuse new requests, finish the queued ones, then close the engines."""
@@ -251,9 +251,9 @@ class GovernorLoop:
             self._latencies = []
         decision = self.governor.tick(now, reading, latency, error)
         if decision.switched:
-            self.metrics.switches.inc(model=self.model.name, forced=str(decision.forced).lower())
+            self.metrics.switches.labels(forced=str(decision.forced).lower(), model=self.model.name).inc()
             log.info("operating point -> %s (%s)", decision.point, decision.reason)
-        self.metrics.sensor_up.set(1.0 if decision.sensor_ok else 0.0, source=self.source.name)
+        self.metrics.sensor_up.labels(source=self.source.name).set(1.0 if decision.sensor_ok else 0.0)
         zones = reading.temperatures if decision.sensor_ok and reading is not None else {}
         self.metrics.temperature.replace([({"zone": z}, t) for z, t in zones.items()])
         if reading is not None:
