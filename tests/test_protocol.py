@@ -53,3 +53,38 @@ def test_a_binary_size_that_is_not_an_integer_is_refused() -> None:
     body, length = binary_body([("images", images, 8.0)])  # type: ignore[list-item]
     with pytest.raises(ProtocolError, match="binary_data_size 8.0"):
         parse_request(body, length)
+
+
+def json_body(parameters: dict[str, object]) -> bytes:
+    return json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}], "parameters": parameters}).encode()
+
+
+def test_a_request_asks_for_a_point_or_a_budget_and_its_timeout_is_read_in_seconds() -> None:
+    request = parse_request(json_body({"operating_point": "eager", "timeout": 2_500_000}), None)
+    assert (request.operating_point, request.latency_budget_ms, request.timeout_s) == ("eager", None, 2.5)
+    request = parse_request(json_body({"latency_budget_ms": 3, "timeout": "soon"}), None)
+    assert (request.operating_point, request.latency_budget_ms, request.timeout_s) == (None, 3.0, None)
+    for parameters, message in [
+        ({"operating_point": "eager", "latency_budget_ms": 3}, "not both"),
+        ({"operating_point": 7}, "must be a string"),
+        ({"latency_budget_ms": True}, "positive number"),
+        ({"latency_budget_ms": 0}, "positive number"),
+    ]:
+        with pytest.raises(ProtocolError, match=message):
+            parse_request(json_body(parameters), None)
+
+
+def test_each_failure_answers_its_own_status() -> None:
+    from http import HTTPStatus
+
+    from edge.daemon.http import error_status
+    from edge.daemon.serving import ModelUnavailable, Overloaded, RequestTimeout
+    from edge.errors import InputError, ManifestError
+
+    assert error_status(ProtocolError("big", 413))[:2] == (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "big")
+    assert error_status(InputError("bad shape"))[:2] == (HTTPStatus.BAD_REQUEST, "bad shape")
+    assert error_status(ManifestError("no point"))[0] == HTTPStatus.BAD_REQUEST
+    assert error_status(Overloaded("full")) == (HTTPStatus.SERVICE_UNAVAILABLE, "overloaded: full", {"Retry-After": "1"})
+    assert error_status(ModelUnavailable("gone"))[:2] == (HTTPStatus.SERVICE_UNAVAILABLE, "gone")
+    assert error_status(RequestTimeout("late"))[:2] == (HTTPStatus.GATEWAY_TIMEOUT, "timed out: late")
+    assert error_status(RuntimeError("engine"))[:2] == (HTTPStatus.INTERNAL_SERVER_ERROR, "inference failed: engine")

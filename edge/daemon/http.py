@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -22,9 +23,8 @@ import numpy as np
 from edge.daemon.config import DaemonConfig
 from edge.daemon.metrics import CONTENT_TYPE, Registry
 from edge.daemon.protocol import ProtocolError, encode_response, error_body, parse_request
-from edge.daemon.serving import GovernorLoop, Model, ModelUnavailable, Overloaded, RequestTimeout
-from edge.errors import InputError, ManifestError
-from edge.frontier import most_accurate_within
+from edge.daemon.serving import Answer, GovernorLoop, Model, ModelUnavailable, Overloaded, RequestTimeout
+from edge.errors import InputError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Handler(BaseHTTPRequestHandler):
                 return None
             if match["rest"] == "/ready":
                 return self._empty(HTTPStatus.OK if model.ready else HTTPStatus.SERVICE_UNAVAILABLE)
-            return self._json(HTTPStatus.OK, metadata(model))
+            return self._json(HTTPStatus.OK, model.metadata())
         return self._error(HTTPStatus.NOT_FOUND, f"no route GET {path}")
 
     def do_POST(self) -> None:
@@ -124,42 +124,20 @@ class Handler(BaseHTTPRequestHandler):
             self.app.begin()  # answered before shutdown completes (a stalled upload is not waited for)
             counted = True
             request = parse_request(body, self.headers.get("Inference-Header-Content-Length"))
-            images = self._image_input(model, request.inputs)
-            point = self._point_for(model, request.parameters)
-            job = model.submit(images, point, self._timeout(request.parameters))
-            if not job.done.wait(max(0.0, job.deadline - time.monotonic()) + 0.5):
-                raise RequestTimeout("no answer before the request's timeout")
-            if job.error is not None:
-                raise job.error
-            assert job.result is not None
-            probabilities, predictions, exits, used = job.result
-            outputs = select_outputs(probabilities, predictions, exits, request.outputs)
-            parameters = {"operating_point": used, "exits": ",".join(map(str, exits.tolist()))}
+            timeout = min(self.app.config.request_timeout_s, request.timeout_s or math.inf)
+            answer = model.submit(request.inputs, timeout, request.operating_point, request.latency_budget_ms).wait()
+            outputs = select_outputs(answer, request.outputs)
+            parameters = {"operating_point": answer.operating_point, "exits": ",".join(map(str, answer.exits.tolist()))}
             payload, header_length = encode_response(model.name, request.id, outputs, request.binary, parameters)
             headers = {"Inference-Header-Content-Length": str(header_length)} if header_length is not None else {}
             self._send(HTTPStatus.OK, payload, "application/octet-stream" if header_length else "application/json", headers)
-        except ProtocolError as exc:
-            status = HTTPStatus(exc.status)
-            self._error(status, str(exc))
-        except (InputError, ManifestError) as exc:
-            status = HTTPStatus.BAD_REQUEST
-            self._error(status, str(exc))
-        except Overloaded as exc:
-            status = HTTPStatus.SERVICE_UNAVAILABLE
-            self._error(status, f"overloaded: {exc}", {"Retry-After": "1"})
-        except ModelUnavailable as exc:
-            status = HTTPStatus.SERVICE_UNAVAILABLE
-            self._error(status, str(exc))
-        except RequestTimeout as exc:
-            status = HTTPStatus.GATEWAY_TIMEOUT
-            self._error(status, f"timed out: {exc}")
         except (BrokenPipeError, ConnectionResetError):
-            status = HTTPStatus.OK  # answered; the client left before reading it
-            self.close_connection = True
-        except Exception as exc:  # an engine failing: the request fails, the server goes on
-            log.exception("inference failed")
-            status = HTTPStatus.INTERNAL_SERVER_ERROR
-            self._error(status, f"inference failed: {exc}")
+            self.close_connection = True  # answered; the client left before reading it
+        except Exception as exc:
+            status, message, headers = error_status(exc)
+            if status == HTTPStatus.INTERNAL_SERVER_ERROR:  # an engine failing: the request fails, the server goes on
+                log.error("inference failed", exc_info=exc)
+            self._error(status, message, headers)
         finally:
             if counted:
                 self.app.end()
@@ -172,38 +150,6 @@ class Handler(BaseHTTPRequestHandler):
             governor = self.app.governors.get(model.name)
             if governor is not None:
                 governor.record_latency(elapsed)
-
-    def _image_input(self, model: Model, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        expected = model_input_name(model)
-        if set(inputs) != {expected}:
-            raise ProtocolError(f"model {model.name!r} takes one input named {expected!r}, got {sorted(inputs)}")
-        images = inputs[expected]
-        if images.dtype != np.float32:
-            raise ProtocolError(f"input {expected!r} must be FP32, got {images.dtype}")
-        return np.ascontiguousarray(images)
-
-    @staticmethod
-    def _point_for(model: Model, parameters: dict[str, Any]) -> str | None:
-        point = parameters.get("operating_point")
-        budget = parameters.get("latency_budget_ms")
-        if point is not None and budget is not None:
-            raise ProtocolError("ask for an operating_point or a latency_budget_ms, not both")
-        if point is not None:
-            if not isinstance(point, str):
-                raise ProtocolError("parameters.operating_point must be a string")
-            return point
-        if budget is not None:
-            if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
-                raise ProtocolError("parameters.latency_budget_ms must be a positive number")
-            return point_within_budget(model, float(budget))
-        return None
-
-    def _timeout(self, parameters: dict[str, Any]) -> float:
-        limit = self.app.config.request_timeout_s
-        asked = parameters.get("timeout")  # tritonclient's per-request timeout, in microseconds
-        if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked > 0:
-            return min(limit, asked / 1e6)
-        return limit
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -315,54 +261,35 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def model_input_name(model: Model) -> str:
-    if model.runtime is None:
-        raise ModelUnavailable(f"model {model.name!r} is not ready: {model.reason}")
-    return model.runtime.manifest.input.name
+# What each failure a request can meet answers: status, message prefix, headers.
+ERROR_STATUS: list[tuple[type[Exception], HTTPStatus, str, dict[str, str]]] = [
+    (InputError, HTTPStatus.BAD_REQUEST, "", {}),  # before UserError: ProtocolError carries its own status
+    (Overloaded, HTTPStatus.SERVICE_UNAVAILABLE, "overloaded: ", {"Retry-After": "1"}),
+    (ModelUnavailable, HTTPStatus.SERVICE_UNAVAILABLE, "", {}),
+    (RequestTimeout, HTTPStatus.GATEWAY_TIMEOUT, "timed out: ", {}),
+    (UserError, HTTPStatus.BAD_REQUEST, "", {}),
+]
 
 
-def metadata(model: Model) -> dict[str, Any]:
-    doc: dict[str, Any] = {"name": model.name, "versions": ["1"], "platform": "edge-segment-chain"}
-    if model.runtime is None:
-        return doc | {"ready": False, "reason": model.reason}
-    manifest = model.runtime.manifest
-    classes = len(manifest.classes)
-    doc["inputs"] = [{"name": manifest.input.name, "datatype": "FP32", "shape": [-1, *manifest.input.shape[1:]]}]
-    doc["outputs"] = [
-        {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
-        {"name": "prediction", "datatype": "INT64", "shape": [-1]},
-        {"name": "exit", "datatype": "INT64", "shape": [-1]},
-    ]
-    doc["parameters"] = {
-        "classes": manifest.classes, "operating_point": model.runtime.operating_point,
-        "operating_points": [p.name for p in manifest.operating_points], "max_batch": manifest.batch.get("max"),
-    }
-    return doc
+def error_status(exc: Exception) -> tuple[HTTPStatus, str, dict[str, str]]:
+    """(status, message, headers) for a failed request; anything unexpected is the
+    server's fault (500)."""
+    if isinstance(exc, ProtocolError):
+        return HTTPStatus(exc.status), str(exc), {}
+    for kind, status, prefix, headers in ERROR_STATUS:
+        if isinstance(exc, kind):
+            return status, prefix + str(exc), headers
+    return HTTPStatus.INTERNAL_SERVER_ERROR, f"inference failed: {exc}", {}
 
 
-def select_outputs(
-    probabilities: np.ndarray, predictions: np.ndarray, exits: np.ndarray, names: list[str] | None,
-) -> dict[str, np.ndarray]:
-    available = {"probabilities": probabilities, "prediction": predictions.astype(np.int64), "exit": exits.astype(np.int64)}
+def select_outputs(answer: Answer, names: list[str] | None) -> dict[str, np.ndarray]:
+    available = {"probabilities": answer.probabilities, "prediction": answer.predictions.astype(np.int64), "exit": answer.exits.astype(np.int64)}
     if names is None:
         return available
     unknown = [n for n in names if n not in available]
     if unknown:
         raise ProtocolError(f"unknown outputs {unknown}; this model has {list(available)}")
     return {n: available[n] for n in names}
-
-
-def point_within_budget(model: Model, budget_ms: float) -> str:
-    """The most accurate operating point whose measured mean latency fits the budget."""
-    assert model.runtime is not None
-    measured = [p for p in model.runtime.manifest.operating_points if "mean_ms" in p.measured]
-    if not measured:
-        raise ProtocolError(f"model {model.name!r}: no operating point has a measured latency, so a latency budget cannot be honoured")
-    best = most_accurate_within(measured, budget_ms, lambda p: p.measured["mean_ms"], lambda p: p.measured.get("accuracy"))
-    if best is None:
-        fastest = min(measured, key=lambda p: p.measured["mean_ms"])
-        raise ProtocolError(f"no operating point fits {budget_ms:g} ms; the fastest, {fastest.name!r}, measured {fastest.measured['mean_ms']:.3f} ms")
-    return best.name
 
 
 class Server(ThreadingHTTPServer):

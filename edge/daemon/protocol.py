@@ -39,6 +39,25 @@ class InferRequest:
     parameters: dict[str, Any]
     outputs: list[str] | None  # None: every output
     binary: set[str] = field(default_factory=set)  # outputs to send as raw bytes
+    operating_point: str | None = None  # parameters.operating_point
+    latency_budget_ms: float | None = None  # parameters.latency_budget_ms
+    timeout_s: float | None = None  # parameters.timeout: tritonclient's, in microseconds
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _point_request(parameters: dict[str, Any]) -> tuple[str | None, float | None]:
+    """(operating_point, latency_budget_ms): at most one of them."""
+    point, budget = parameters.get("operating_point"), parameters.get("latency_budget_ms")
+    if point is not None and budget is not None:
+        raise ProtocolError("ask for an operating_point or a latency_budget_ms, not both")
+    if point is not None and not isinstance(point, str):
+        raise ProtocolError("parameters.operating_point must be a string")
+    if budget is not None and not _positive(budget):
+        raise ProtocolError("parameters.latency_budget_ms must be a positive number")
+    return point, None if budget is None else float(budget)
 
 
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -65,7 +84,12 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         raise ProtocolError(f"binary data is {len(binary_part)} bytes but the inputs' binary_data_size add up to {offset}")
     outputs, binary = _outputs(doc.get("outputs"), bool(parameters.get("binary_data_output", False)))
     request_id = doc.get("id")
-    return InferRequest(None if request_id is None else str(request_id), tensors, parameters, outputs, binary)
+    point, budget = _point_request(parameters)
+    timeout = parameters.get("timeout")  # a malformed one is ignored: the server's limit applies
+    return InferRequest(
+        None if request_id is None else str(request_id), tensors, parameters, outputs, binary, point, budget,
+        timeout / 1e6 if _positive(timeout) else None,
+    )
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:

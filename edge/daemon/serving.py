@@ -20,10 +20,11 @@ from typing import Any, Callable
 import numpy as np
 
 from edge.daemon.metrics import Registry
-from edge.errors import EdgeError, UserError
+from edge.errors import EdgeError, InputError, ManifestError, UserError
+from edge.frontier import most_accurate_within
 from edge.governor import Governor, Policy, ladder, load_policy
 from edge.manifest import MANIFEST_NAME
-from edge.runtime import Runtime
+from edge.runtime import InferenceResult, Runtime
 from edge.sensors import Reading, SensorError, SensorSource
 
 log = logging.getLogger(__name__)
@@ -41,18 +42,41 @@ class ModelUnavailable(EdgeError):
     """The model's engines did not load; the reason says why."""
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One request's rows of a batch's result."""
+
+    probabilities: np.ndarray
+    predictions: np.ndarray
+    exits: np.ndarray
+    operating_point: str
+
+    @classmethod
+    def rows(cls, result: InferenceResult, start: int, end: int) -> "Answer":
+        return cls(result.probabilities[start:end], result.predictions[start:end], result.exits[start:end], result.operating_point)
+
+
 @dataclass
 class Job:
     images: np.ndarray
     point: str | None
     deadline: float
     done: threading.Event = field(default_factory=threading.Event)
-    result: tuple[np.ndarray, np.ndarray, np.ndarray, str] | None = None  # probabilities, predictions, exits, point used
+    result: Answer | None = None
     error: Exception | None = None
 
-    def finish(self, result: tuple[np.ndarray, np.ndarray, np.ndarray, str] | None = None, error: Exception | None = None) -> None:
+    def finish(self, result: Answer | None = None, error: Exception | None = None) -> None:
         self.result, self.error = result, error
         self.done.set()
+
+    def wait(self) -> Answer:
+        """The answer, or the error the batcher met; RequestTimeout past the deadline."""
+        if not self.done.wait(max(0.0, self.deadline - time.monotonic()) + 0.5):
+            raise RequestTimeout("no answer before the request's timeout")
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
 class Model:
@@ -83,12 +107,71 @@ class Model:
     def ready(self) -> bool:
         return self.runtime is not None and not self._stopping and not self.runtime_failed
 
-    def submit(self, images: np.ndarray, point: str | None, timeout_s: float) -> Job:
+    def _serving(self) -> Runtime:
         if self.runtime is None or self.runtime_failed:
             raise ModelUnavailable(f"model {self.name!r} is not ready: {self.reason}")
-        self.runtime.check_input(images)
-        if point is not None:
-            self.runtime.manifest.point(point)  # unknown names fail here, before queueing
+        return self.runtime
+
+    @property
+    def input_name(self) -> str:
+        return self._serving().manifest.input.name
+
+    def metadata(self) -> dict[str, Any]:
+        """The model's description in the protocol's terms (inputs, outputs, points)."""
+        doc: dict[str, Any] = {"name": self.name, "versions": ["1"], "platform": "edge-segment-chain"}
+        if self.runtime is None:
+            return doc | {"ready": False, "reason": self.reason}
+        manifest = self.runtime.manifest
+        classes = len(manifest.classes)
+        doc["inputs"] = [{"name": manifest.input.name, "datatype": "FP32", "shape": [-1, *manifest.input.shape[1:]]}]
+        doc["outputs"] = [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
+            {"name": "prediction", "datatype": "INT64", "shape": [-1]},
+            {"name": "exit", "datatype": "INT64", "shape": [-1]},
+        ]
+        doc["parameters"] = {
+            "classes": manifest.classes, "operating_point": self.runtime.operating_point,
+            "operating_points": [p.name for p in manifest.operating_points], "max_batch": manifest.batch.get("max"),
+        }
+        return doc
+
+    def point_within_budget(self, budget_ms: float) -> str:
+        """The most accurate operating point whose measured mean latency fits the budget."""
+        measured = [p for p in self._serving().manifest.operating_points if "mean_ms" in p.measured]
+        if not measured:
+            raise InputError(f"model {self.name!r}: no operating point has a measured latency, so a latency budget cannot be honoured")
+        best = most_accurate_within(measured, budget_ms, lambda p: p.measured["mean_ms"], lambda p: p.measured.get("accuracy"))
+        if best is None:
+            fastest = min(measured, key=lambda p: p.measured["mean_ms"])
+            raise InputError(f"no operating point fits {budget_ms:g} ms; the fastest, {fastest.name!r}, measured {fastest.measured['mean_ms']:.3f} ms")
+        return best.name
+
+    def images_of(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The one input this model takes, checked against its engines."""
+        expected = self.input_name
+        if set(inputs) != {expected}:
+            raise InputError(f"model {self.name!r} takes one input named {expected!r}, got {sorted(inputs)}")
+        images = inputs[expected]
+        if images.dtype != np.float32:
+            raise InputError(f"input {expected!r} must be FP32, got {images.dtype}")
+        images = np.ascontiguousarray(images)
+        self._serving().check_input(images)
+        return images
+
+    def submit(
+        self, inputs: dict[str, np.ndarray], timeout_s: float, point: str | None = None, budget_ms: float | None = None,
+    ) -> Job:
+        """Check a request (its input, its point, or the point for its budget) and queue
+        it; everything a caller can get wrong fails here, before the queue."""
+        runtime = self._serving()
+        images = self.images_of(inputs)
+        if budget_ms is not None:
+            point = self.point_within_budget(budget_ms)
+        elif point is not None:
+            try:
+                runtime.manifest.point(point)  # unknown names fail here, before queueing
+            except ManifestError as exc:  # a request's point name is the caller's input
+                raise InputError(str(exc)) from None
         job = Job(images, point, time.monotonic() + timeout_s)
         with self._gate:
             if self._stopping:
@@ -176,7 +259,7 @@ class Model:
         start = 0
         for job in live:
             end = start + len(job.images)
-            job.finish((result.probabilities[start:end], result.predictions[start:end], result.exits[start:end], result.operating_point))
+            job.finish(Answer.rows(result, start, end))
             start = end
         for k, count in enumerate(np.bincount(result.exits, minlength=self.runtime.num_exits)):
             if count:
