@@ -32,9 +32,10 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("EDGE_API_CACHE", Path.home() / ".cache" / "edge-dynamic" / "tensorrt-api"))

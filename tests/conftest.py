@@ -14,7 +14,6 @@ The reference sessions the tests open themselves therefore go through
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,23 +23,16 @@ import pytest
 import torch
 
 from calibration.data import load_digits
-from edge.manifest import MANIFEST_NAME, OperatingPoint
+from engines.adaptive import SkipAwareBatchNorm2d, make_adaptive
 from engines.build import BuildOptions, build_engines
 from engines.partition import MultiExitNetwork
 from engines.registry import create_backbone
+from tests.helpers import DEPTH_POINTS, INPUT_SHAPE, MAX_BATCH, POINTS, SPLITS, TEMPERATURE, VARIANT_HEAD, fit_linear_heads, plain_resnet14
 
-INPUT_SHAPE = (1, 8, 8)
-SPLITS = ["layer1", "layer2"]
-MAX_BATCH = 64
 # One torch thread: on a busy 2-core machine (other jobs running) torch's OpenMP pool
 # made a 12x12 resnet20 forward take ~1 s instead of ~3 ms. Results do not depend on it.
 torch.set_num_threads(1)
 
-POINTS = [
-    OperatingPoint("full", [None, None]),
-    OperatingPoint("eager", [1e9, 1e9]),
-    OperatingPoint("late", [None, 1e9]),
-]
 # --- data --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -65,29 +57,6 @@ def random_images() -> np.ndarray:
 
 
 # --- the network -------------------------------------------------------------------------
-
-def fit_linear_heads(net: MultiExitNetwork, images: np.ndarray, labels: np.ndarray, scale: float = 3.0) -> None:
-    """Ridge-regress every exit's last Linear onto one-hot labels (no training loop)."""
-    linears = [head[-1] for head in net.exit_heads] + [net.backbone.head[-1]]
-    captured: dict[int, torch.Tensor] = {}
-    hooks = [
-        lin.register_forward_hook(lambda m, inputs, out, k=k: captured.__setitem__(k, inputs[0]))
-        for k, lin in enumerate(linears)
-    ]
-    try:
-        with torch.no_grad():
-            net.eval()(torch.from_numpy(images))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    targets = torch.nn.functional.one_hot(torch.from_numpy(labels), 10).double() * 2 - 1
-    with torch.no_grad():
-        for k, lin in enumerate(linears):
-            x = captured[k].double()
-            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-            w = torch.linalg.solve(x.T @ x + 0.1 * torch.eye(x.shape[1], dtype=x.dtype), x.T @ targets)
-            lin.weight.copy_(w[:-1].T * scale)
-            lin.bias.copy_(w[-1] * scale)
 
 
 @pytest.fixture(scope="session")
@@ -124,49 +93,10 @@ def built_copy(built_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(built_dir, tmp_path / "engines"))
 
 
-def read_manifest_json(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / MANIFEST_NAME).read_text())
-
-
-def write_manifest_json(folder: Path, data: dict[str, Any]) -> None:
-    (folder / MANIFEST_NAME).write_text(json.dumps(data, indent=2))
-
-
 # --- independent onnxruntime reference ---------------------------------------------------
-
-def reference_session(path: Path):
-    """A plain onnxruntime session, whatever thread-pool mode the process is in."""
-    import onnxruntime as ort
-
-    from edge.backends import onnxruntime_backend
-
-    def make(per_session: bool):
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if not per_session:
-            options.use_per_session_threads = False
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-    if onnxruntime_backend._global_pool_threads:
-        return make(per_session=False)
-    try:
-        return make(per_session=True)
-    except Exception as exc:  # the global pool was switched on elsewhere
-        if "global thread pool" not in str(exc):
-            raise
-        return make(per_session=False)
-
-
-def run_named(session, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """Run a session on its single input and return its outputs by name."""
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, {session.get_inputs()[0].name: inputs})))
 
 
 # --- extra exports, made up front with the build -----------------------------------------
-
-TEMPERATURE = 2.0
-VARIANT_HEAD = {"conv_channels": 8, "pool": "max", "hidden": 16}
 
 
 @pytest.fixture(scope="session")
@@ -223,3 +153,28 @@ def export_check_results(built, net, digits_test) -> dict[str, Any]:
         mismatch = exc
     check_segments(net, exportable_segments(net), graphs, real, 1)  # the real net passes (raises otherwise)
     return {"diffs": diffs, "mismatch": mismatch}
+
+
+# --- the adaptive-depth digits network ------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def adaptive_net(digits_train) -> MultiExitNetwork:
+    """Skip BNs unlike the full ones (as after training), so an engine using the wrong set fails."""
+    backbone = make_adaptive(plain_resnet14())
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for switch in (m for m in backbone.modules() if isinstance(m, SkipAwareBatchNorm2d)):
+            switch.skip.running_mean.add_(0.2 * torch.randn(switch.skip.running_mean.shape, generator=generator))
+            switch.skip.running_var.mul_(1.5)
+            switch.skip.weight.mul_(0.8)
+    net = MultiExitNetwork(backbone, ["layer1", "layer2"]).eval()
+    fit_linear_heads(net, digits_train.images, digits_train.labels)
+    return net
+
+
+@pytest.fixture(scope="session")
+def adaptive_built(tmp_path_factory: pytest.TempPathFactory, adaptive_net, digits_test) -> Path:
+    out = tmp_path_factory.mktemp("adaptive")
+    build_engines(adaptive_net, out, digits_test.classes, digits_test.images[:16], points=DEPTH_POINTS,
+                  options=BuildOptions(name="digits-adn", max_batch=64))
+    return out

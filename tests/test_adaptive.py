@@ -17,30 +17,24 @@ import pytest
 import torch
 
 from calibration.adaptive import (
-    DepthForward, SelfDistillation, base_loss, depth_accuracies, self_distillation_step, train_adaptive,
+    DepthForward,
+    SelfDistillation,
+    base_loss,
+    depth_accuracies,
+    self_distillation_step,
+    train_adaptive,
 )
 from calibration.train import TrainConfig
 from edge.errors import InputError, ManifestError
-from edge.manifest import OperatingPoint, load_manifest
+from edge.manifest import load_manifest
 from edge.runtime import Runtime
 from engines.adaptive import AdaptiveBackbone, SkipAwareBatchNorm2d, make_adaptive
 from engines.build import BuildOptions, build_engines
 from engines.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
-from engines.partition import MultiExitNetwork
 from engines.registry import create_backbone
-from tests.conftest import INPUT_SHAPE, fit_linear_heads, read_manifest_json
+from tests.helpers import INPUT_SHAPE, plain_resnet14, read_manifest_json
 
 ROOT = Path(__file__).resolve().parents[1]
-DEPTH_POINTS = [
-    OperatingPoint("full", [None, None]),
-    OperatingPoint("base", [None, None], depth="TTT"),
-    OperatingPoint("mixed-eager", [0.5, 0.5], depth="TFT"),
-]
-
-
-def plain_resnet14(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return create_backbone("resnet14", input_shape=INPUT_SHAPE, num_classes=10).eval()
 
 
 # --- conversion ------------------------------------------------------------------------------
@@ -201,28 +195,6 @@ def run_killing_the_group(command: list[str], env: dict[str, str], timeout: floa
 
 # --- engines and runtime -------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def adaptive_net(digits_train) -> MultiExitNetwork:
-    """Skip BNs unlike the full ones (as after training), so an engine using the wrong set fails."""
-    backbone = make_adaptive(plain_resnet14())
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for switch in (m for m in backbone.modules() if isinstance(m, SkipAwareBatchNorm2d)):
-            switch.skip.running_mean.add_(0.2 * torch.randn(switch.skip.running_mean.shape, generator=generator))
-            switch.skip.running_var.mul_(1.5)
-            switch.skip.weight.mul_(0.8)
-    net = MultiExitNetwork(backbone, ["layer1", "layer2"]).eval()
-    fit_linear_heads(net, digits_train.images, digits_train.labels)
-    return net
-
-
-@pytest.fixture(scope="module")
-def adaptive_built(tmp_path_factory: pytest.TempPathFactory, adaptive_net, digits_test) -> Path:
-    out = tmp_path_factory.mktemp("adaptive")
-    build_engines(adaptive_net, out, digits_test.classes, digits_test.images[:16], points=DEPTH_POINTS,
-                  options=BuildOptions(name="digits-adn", max_batch=64))
-    return out
-
 
 def test_every_stage_gets_a_base_engine_named_and_hashed_in_the_manifest(adaptive_built: Path) -> None:
     manifest = load_manifest(adaptive_built)
@@ -250,7 +222,7 @@ def test_engines_are_built_at_their_own_depth_whatever_depth_the_network_was_lef
 
 def test_a_base_engine_with_the_wrong_interface_is_refused_at_load(adaptive_built: Path, tmp_path: Path) -> None:
     from edge.atomic import sha256_file
-    from tests.conftest import write_manifest_json
+    from tests.helpers import write_manifest_json
 
     copy_dir = Path(shutil.copytree(adaptive_built, tmp_path / "engines"))
     shutil.copy(copy_dir / "segment_0.onnx", copy_dir / "segment_1.base.onnx")  # takes the image, not features
@@ -262,7 +234,7 @@ def test_a_base_engine_with_the_wrong_interface_is_refused_at_load(adaptive_buil
 
 
 def test_a_version_2_manifest_cannot_carry_base_variants(adaptive_built: Path, tmp_path: Path) -> None:
-    from tests.conftest import write_manifest_json
+    from tests.helpers import write_manifest_json
 
     copy_dir = Path(shutil.copytree(adaptive_built, tmp_path / "engines"))
     data = read_manifest_json(copy_dir)
@@ -340,7 +312,7 @@ def test_depth_errors_are_specific(adaptive_built: Path, built_dir: Path, real_i
 
 
 def test_a_manifest_point_with_an_impossible_depth_is_refused(adaptive_built: Path, built_copy: Path, tmp_path: Path) -> None:
-    from tests.conftest import write_manifest_json
+    from tests.helpers import write_manifest_json
 
     data = read_manifest_json(built_copy)
     data["operating_points"][0]["depth"] = "TFF"

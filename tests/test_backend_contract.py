@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ def host(backend: Backend, features: Any) -> np.ndarray:
 def test_the_chain_of_runs_is_the_network(backend_and_manifest, net, real_images: np.ndarray) -> None:
     backend, manifest = backend_and_manifest
     with torch.no_grad():
-        expected = [torch.softmax(l, 1).numpy() for l in net(torch.from_numpy(real_images))]
+        expected = [torch.softmax(z, 1).numpy() for z in net(torch.from_numpy(real_images))]
     features = backend.upload(real_images)
     for k in range(manifest.num_exits):
         out = backend.run(k, features)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +14,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import INPUT_SHAPE, reference_session, run_named
 from edge.backends import BACKENDS, Backend, ExitOutput, create_backend
 from edge.backends.onnx_prune import prune_to_outputs
 from edge.backends.onnxruntime_backend import OnnxRuntimeBackend, online_cores
 from edge.errors import BackendError, ManifestError
+from tests.helpers import INPUT_SHAPE, reference_session, run_named
 
 SPINNING = "session.intra_op.allow_spinning"
 

@@ -21,7 +21,7 @@ from edge.daemon.config import DaemonConfig
 from edge.daemon.main import Daemon
 from edge.manifest import load_manifest
 from engines.checkpoint import load_checkpoint
-from tests.test_sensors import orin_nano
+from tests.boards import orin_nano
 from tools import build_engines, calibrate, intake, train
 from tools._cli import run_main
 

@@ -14,9 +14,10 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,8 +27,8 @@ from edge.daemon.config import ConfigError, DaemonConfig, load_config
 from edge.daemon.main import Daemon, main
 from edge.manifest import load_manifest, save_manifest
 from edge.runtime import Runtime
-from tests.conftest import INPUT_SHAPE
-from tests.test_sensors import orin_nano
+from tests.boards import orin_nano
+from tests.helpers import INPUT_SHAPE
 
 tritonclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (the 'test' extra) is not installed")
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import INPUT_SHAPE, MAX_BATCH, TEMPERATURE, reference_session, run_named
 from engines.export import ENTROPY, FEATURES, MAXPROB, PROBS, ExportableSegment
+from tests.helpers import INPUT_SHAPE, MAX_BATCH, TEMPERATURE, reference_session, run_named
 
 TOL = 1e-4
 

@@ -12,9 +12,9 @@ import torch
 from calibration import gates as gating
 from calibration.exits import outcome
 from calibration.latency import LatencyModel
-from conftest import reference_session, run_named
 from edge.runtime import Runtime
 from engines.build import BuildOptions, build_engines
+from tests.helpers import reference_session, run_named
 
 MODEL = LatencyModel(segment_ms=[0.2, 0.2, 0.2], trunk_ms=[0.18, 0.18], overhead_ms=0.02)
 TEMPS = [1.0, 1.0, 1.0]

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from calibration.int8 import PRECISION, engine_table, segment_inputs, with_int8
-from conftest import read_manifest_json, write_manifest_json
 from edge.errors import BackendError, InputError, ManifestError
 from edge.manifest import MANIFEST_NAME, OperatingPoint, load_manifest, save_manifest
 from edge.runtime import Runtime
 from engines.quantize import QuantJob, quantize_segments
+from tests.helpers import read_manifest_json, write_manifest_json
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from calibration.latency import profile_runtime
-from conftest import read_manifest_json, write_manifest_json
 from edge.errors import ManifestError
 from edge.manifest import load_manifest, save_manifest
 from edge.runtime import Runtime
+from tests.helpers import read_manifest_json, write_manifest_json
 
 
 def test_profile_times_every_segment_with_and_without_its_exit(built_dir: Path, real_images: np.ndarray) -> None:

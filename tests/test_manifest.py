@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_manifest_json, write_manifest_json
 from edge.atomic import sha256_file
 from edge.errors import ManifestError, UserError
 from edge.manifest import MANIFEST_NAME, SCHEMA_VERSION, load_manifest, save_manifest
+from tests.helpers import read_manifest_json, write_manifest_json
 
 
 def flip_byte(path: Path, offset: int | None = None) -> None:

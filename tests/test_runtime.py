@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import INPUT_SHAPE, MAX_BATCH, read_manifest_json, reference_session, run_named, write_manifest_json
 from edge.atomic import sha256_file
 from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 from edge.errors import InputError, ManifestError
 from edge.runtime import InferenceResult, Runtime
+from tests.helpers import INPUT_SHAPE, MAX_BATCH, read_manifest_json, reference_session, run_named, write_manifest_json
 
 FINAL = 2
 
@@ -522,7 +522,7 @@ def test_a_static_point_runs_the_static_engine_and_a_backend_without_one_starts_
 def test_a_static_point_with_thresholds_or_in_an_old_manifest_is_refused(built_copy: Path) -> None:
     from edge.errors import ManifestError
     from edge.manifest import load_manifest
-    from tests.conftest import read_manifest_json, write_manifest_json
+    from tests.helpers import read_manifest_json, write_manifest_json
 
     data = read_manifest_json(built_copy)
     early = len(data["segments"]) - 1

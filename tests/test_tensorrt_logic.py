@@ -20,10 +20,16 @@ from edge.backends.tensorrt_device import check_compatible, device_record
 from edge.errors import ManifestError, MissingDependencyError, UserError
 from edge.manifest import load_manifest
 from engines.tensorrt_build import (
-    PrecisionPlan, TrtBuildOptions, engine_files, plan_batch, plan_name, precision_plan, profile_shapes, qdq_problems,
+    PrecisionPlan,
+    TrtBuildOptions,
+    engine_files,
+    plan_batch,
+    plan_name,
+    precision_plan,
+    profile_shapes,
+    qdq_problems,
 )
-from tests.conftest import read_manifest_json, write_manifest_json
-from tests.test_adaptive import adaptive_built, adaptive_net  # noqa: F401 - fixtures
+from tests.helpers import read_manifest_json, write_manifest_json
 
 FLAGS_10 = ["FP16", "INT8", "GPU_FALLBACK", "REFIT"]
 FLAGS_11 = ["GPU_FALLBACK", "REFIT"]

@@ -13,7 +13,14 @@ import torch.nn.functional as F
 from calibration import pipeline
 from calibration.data import Dataset, load_digits
 from calibration.train import (
-    Distillation, TrainConfig, exit_accuracies, exit_loss, random_shift, train_backbone, train_exits_frozen, train_joint,
+    Distillation,
+    TrainConfig,
+    exit_accuracies,
+    exit_loss,
+    random_shift,
+    train_backbone,
+    train_exits_frozen,
+    train_joint,
 )
 from engines.partition import MultiExitNetwork
 from engines.registry import create_backbone
