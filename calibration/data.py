@@ -10,9 +10,10 @@ import gzip
 import math
 import struct
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -219,7 +220,7 @@ def _read_image(path: Path, mode: str, size: tuple[int, int], crop: bool = False
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
-def _fit(img: "PIL.Image.Image", size: tuple[int, int], crop: bool) -> "PIL.Image.Image":
+def _fit(img: PIL.Image.Image, size: tuple[int, int], crop: bool) -> PIL.Image.Image:
     """Resize to (H, W): stretched, or (crop) scaled to cover it and centre-cropped."""
     from PIL import Image
 

@@ -11,8 +11,9 @@ the frontier is the Pareto set of what was measured.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from calibration.data import Dataset
 from calibration.evaluate import Config, Measurement, measure_interleaved, runtime_config

@@ -6,8 +6,8 @@ runtime itself really stops (it never computes the exits it does not reach).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -15,8 +15,8 @@ requested mean latency. In the engines the gate's score is 1 - g: lower = more c
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

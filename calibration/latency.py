@@ -15,8 +15,9 @@ measured call time.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -33,7 +34,7 @@ class Timing:
     p99_ms: float
 
     @classmethod
-    def of(cls, samples_ms: np.ndarray) -> "Timing":
+    def of(cls, samples_ms: np.ndarray) -> Timing:
         return cls(float(np.mean(samples_ms)), float(np.median(samples_ms)), float(np.percentile(samples_ms, 99)))
 
 
@@ -59,7 +60,7 @@ class LatencyModel:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LatencyModel":
+    def from_dict(cls, data: dict[str, Any]) -> LatencyModel:
         whole = data.get("whole_ms")
         return cls(list(data["segment_ms"]), list(data["trunk_ms"]), float(data["overhead_ms"]), None if whole is None else float(whole))
 

@@ -7,13 +7,13 @@ import copy
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
-from calibration.data import Dataset
 from calibration.adaptive import SelfDistillation, train_adaptive
+from calibration.data import Dataset
 from calibration.exits import ExitTable, choose_uniform_threshold, exit_table
 from calibration.train import Distillation, TrainConfig, train_backbone, train_exits_frozen, train_joint
 from edge.atomic import sha256_file

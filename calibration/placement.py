@@ -11,8 +11,8 @@ the predicted latency most while any does, then drops any exit whose removal low
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

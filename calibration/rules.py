@@ -11,8 +11,9 @@ thresholds `calibration.thresholds` chooses as for any criterion.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class LogisticRule:
     models: list[Any]  # sklearn's LogisticRegression, imported when fitting
 
     @classmethod
-    def fit(cls, probs: Sequence[np.ndarray]) -> "LogisticRule":
+    def fit(cls, probs: Sequence[np.ndarray]) -> LogisticRule:
         from sklearn.linear_model import LogisticRegression  # lazy: heavy, and only this rule needs it
 
         final = probs[-1].argmax(axis=1)

@@ -10,8 +10,8 @@ off, which also makes the segment cheaper: it runs as a trunk).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -9,7 +9,8 @@ accuracy (None where unknown).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 T = TypeVar("T")
 Figure = Callable[[T], float]

@@ -28,9 +28,10 @@ import collections
 import json
 import math
 import threading
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Collection, Sequence
+from typing import Any
 
 from edge.errors import ManifestError, UserError
 from edge.frontier import pareto_front

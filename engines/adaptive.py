@@ -18,8 +18,8 @@ from __future__ import annotations
 import copy
 import itertools
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import fx, nn

@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import platform
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,13 +19,28 @@ import torch
 from edge.atomic import sha256_file
 from edge.errors import EdgeError
 from edge.manifest import (
-    MANIFEST_NAME, ExitInfo, Manifest, OperatingPoint, SegmentInfo, TensorInfo, save_manifest,
-)
-from engines.export import (
-    CRITERIA, ENTROPY, FEATURES, PROBS, ExportableSegment, ExportableStatic, ExportedGraph,
-    export_segments, export_static, exportable_segments, max_abs_diff_vs_torch,
+    MANIFEST_NAME,
+    ExitInfo,
+    Manifest,
+    OperatingPoint,
+    SegmentInfo,
+    TensorInfo,
+    save_manifest,
 )
 from engines.adaptive import AdaptiveBackbone
+from engines.export import (
+    CRITERIA,
+    ENTROPY,
+    FEATURES,
+    PROBS,
+    ExportableSegment,
+    ExportableStatic,
+    ExportedGraph,
+    export_segments,
+    export_static,
+    exportable_segments,
+    max_abs_diff_vs_torch,
+)
 from engines.partition import MultiExitNetwork
 
 TOLERANCE = 1e-4

@@ -13,8 +13,8 @@ from edge.errors import UserError
 from engines.adaptive import make_adaptive
 from engines.backbone import BlockBackbone
 from engines.heads import HeadSpec
-from engines.partition import MultiExitNetwork
 from engines.intake.sources import build_backbone
+from engines.partition import MultiExitNetwork
 
 FORMAT = 1
 

@@ -12,9 +12,9 @@ confident": a sample leaves when its score <= the exit's threshold.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Sequence
 
 import numpy as np
 import torch

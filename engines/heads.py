@@ -8,8 +8,9 @@ sequence (T, D) from a transformer, or a vector (D,). Each ends in a linear clas
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ class HeadSpec:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HeadSpec":
+    def from_dict(cls, data: dict[str, Any]) -> HeadSpec:
         return cls(**data)
 
 

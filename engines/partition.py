@@ -8,7 +8,7 @@ them in order is the backbone, operation for operation.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -86,7 +86,7 @@ class MultiExitNetwork(nn.Module):
             logits.append(out)
         return logits
 
-    def with_exits(self, chosen: Sequence[int]) -> "MultiExitNetwork":
+    def with_exits(self, chosen: Sequence[int]) -> MultiExitNetwork:
         """This network with only the early exits `chosen` (indices, increasing): the same
         backbone and the same heads, shared, not copied."""
         if not chosen:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from engines.backbone import BlockBackbone
 from engines.resnet import cifar_resnet

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from edge.atomic import atomic_path, sha256_file
 from edge.backends.tensorrt_backend import plan_key

@@ -6,7 +6,7 @@ CIFAR adaptation, so the last stage still has a spatial map to pool.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

@@ -26,7 +26,8 @@ from calibration.data import Dataset, fit_images, load_dataset
 from calibration.depth_exits import depth_costs, frontier, plan_depths, point_entries
 from calibration.evaluate import Config, Measurement, StaticModel, measure_interleaved, runtime_config
 from calibration.exits import exit_table, oracle_reach, predicted_latency
-from calibration.int8 import PRECISION as INT8, engine_table, fastest_int8
+from calibration.int8 import PRECISION as INT8
+from calibration.int8 import engine_table, fastest_int8
 from calibration.latency import NONE_PASS, LatencyModel
 from calibration.placement import CandidateCosts, Placement, candidate_costs, evaluate_set, place_exits
 from calibration.thresholds import Target, search_thresholds

@@ -13,9 +13,10 @@ import argparse
 import dataclasses
 import logging
 import platform
+from collections.abc import Sequence
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from calibration import gates as gating
 from calibration.data import Dataset, load_dataset

@@ -21,9 +21,10 @@ import argparse
 import csv
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -220,10 +221,10 @@ def row_of(decision: Any, reading: Reading | None, fresh: bool, temperature: flo
         "sensor_ok": fresh,
         "point": decision.point, "level": decision.level, "switched": decision.switched, "forced": decision.forced,
         "reason": decision.reason, "speed": speed, "requests": len(ours[0]),
-        "latency_ms": float(np.mean(ours[0])), "misses": sum(l > objective for l in ours[0]) if objective else 0, "correct": ours[1],
+        "latency_ms": float(np.mean(ours[0])), "misses": sum(ms > objective for ms in ours[0]) if objective else 0, "correct": ours[1],
     }
     if theirs is not None:
-        row |= {"static_latency_ms": float(np.mean(theirs[0])), "static_misses": sum(l > objective for l in theirs[0]) if objective else 0,
+        row |= {"static_latency_ms": float(np.mean(theirs[0])), "static_misses": sum(ms > objective for ms in theirs[0]) if objective else 0,
                 "static_correct": theirs[1]}
     return row
 
@@ -260,7 +261,7 @@ def check_policy(rows: list[dict[str, Any]], policy: Policy, last: int, saver: i
                 violations.append(f"t={t:g}: battery {battery:.0f}% and not at a saver point within a tick")
         dwelt = last_switch is None or t - last_switch >= policy.min_dwell_s
         if policy.power_budget_mw and r["power_mw"] and r["power_mw"] > policy.power_budget_mw and r["level"] < last and dwelt:
-            if not within_a_tick(i, lambda x: x["level"] > r["level"]):
+            if not within_a_tick(i, lambda x, level=r["level"]: x["level"] > level):
                 violations.append(f"t={t:g}: power {r['power_mw']:.0f} mW over budget and no step down within a tick")
         if i > 0 and r["level"] != rows[i - 1]["level"]:
             down = r["level"] > rows[i - 1]["level"]

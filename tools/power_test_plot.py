@@ -3,8 +3,9 @@ on one time axis."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from edge.governor import Rung
 from tools._plot import pyplot, save

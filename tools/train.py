@@ -15,8 +15,8 @@ from pathlib import Path
 from calibration import pipeline
 from calibration.data import Dataset, load_dataset
 from calibration.train import TrainConfig, exit_accuracies, set_threads
-from engines.backbone import BlockBackbone
 from edge.errors import UserError
+from engines.backbone import BlockBackbone
 from engines.checkpoint import ModelSpec, load_checkpoint
 from engines.registry import list_backbones
 from tools._cli import run_main

@@ -9,7 +9,8 @@ compaction goes through `take`, which a GPU backend implements as a device gathe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class Backend(ABC):
         loads only those unless asked for others)."""
         return True
 
-    def spawn(self) -> "Backend":
+    def spawn(self) -> Backend:
         """A new, unloaded backend with this one's options, for another set of engines
         (precision, or base variants). It must share no engine with this one (closing
         either leaves the other working) but the same feature space: features one
@@ -76,5 +77,5 @@ class Backend(ABC):
     def take(self, features: Features, rows: np.ndarray) -> Features:
         """Keep only `rows` (int indices) of a feature batch, where the features live."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook: backends with nothing to release need not override it
         """Release engines and buffers."""

@@ -9,7 +9,8 @@ at batch 1: about 8 us saved per disabled exit.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import onnx
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class OnnxRuntimeBackend(Backend):
         self._fetches: list[dict[str, list[str]]] = []  # per segment: criterion -> output names
         self._trunk_fetches: list[list[str]] = []
 
-    def spawn(self) -> "OnnxRuntimeBackend":
+    def spawn(self) -> OnnxRuntimeBackend:
         return OnnxRuntimeBackend(self.threads, self.shared_threads, self.spinning, self.optimization, list(self.providers), self.trunks)
 
     def session_options(self) -> Any:

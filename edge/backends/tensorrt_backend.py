@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -130,7 +131,7 @@ class TensorRTBackend(Backend):
         self._input_bytes = 0
         self._feature_bytes = 4
 
-    def spawn(self) -> "TensorRTBackend":
+    def spawn(self) -> TensorRTBackend:
         return TensorRTBackend(self.plan_precision)
 
     def supports(self, manifest: Manifest, precision: str) -> bool:

@@ -13,9 +13,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class Answer:
     operating_point: str
 
     @classmethod
-    def rows(cls, result: InferenceResult, start: int, end: int) -> "Answer":
+    def rows(cls, result: InferenceResult, start: int, end: int) -> Answer:
         return cls(result.probabilities[start:end], result.predictions[start:end], result.exits[start:end], result.operating_point)
 
 

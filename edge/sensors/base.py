@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from edge.errors import UserError
 
@@ -60,7 +60,7 @@ class SensorSource(ABC):
     def read(self) -> Reading:
         """The current state; SensorError when the source stops answering."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook: sources with nothing to release need not override it
         """Release the connection or files."""
 
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from edge.sensors.base import OFFLINE_C, Reading, SensorError, SensorSource, SensorUnavailable
 

@@ -20,8 +20,9 @@ import bisect
 import csv
 import json
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from edge.errors import InputError
 from edge.sensors.base import Reading, SensorError, SensorSource, SensorUnavailable

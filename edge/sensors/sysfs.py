@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edge.sensors.base import OFFLINE_C, Reading, SensorError, SensorSource, SensorUnavailable
 

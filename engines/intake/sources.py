@@ -15,9 +15,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -47,7 +48,7 @@ class Source:
     name: str
 
     @classmethod
-    def parse(cls, text: str) -> "Source":
+    def parse(cls, text: str) -> Source:
         kind, sep, name = text.partition(":")
         if not sep:
             return cls("zoo", text)

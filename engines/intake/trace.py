@@ -18,8 +18,8 @@ import contextlib
 import inspect
 import io
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import fx, nn
