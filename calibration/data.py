@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,7 +28,7 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 
 # IDX dtype codes; multi-byte types are big-endian on disk.
-_IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 # On-disk prefixes per split: "t10k" is the MNIST name, "test" is common in re-packs.
 _IDX_PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
@@ -106,7 +106,8 @@ def _parse_idx(data: bytes, path: Path) -> np.ndarray:
         raise InputError(f"{path}: not an IDX file (dims {dims} need {count * dtype.itemsize} "
                          f"data bytes, found {len(data) - header})")
     array = np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(dims)
-    return array.astype(dtype.newbyteorder("="))  # copy: writable and native byte order
+    native: np.ndarray = array.astype(dtype.newbyteorder("="))
+    return native  # copy: writable and native byte order
 
 
 def _find_idx_file(root: Path, split: str, kind: str) -> Path | None:
@@ -285,15 +286,21 @@ def _load_folder_split(root: Path, split: str, shape: tuple[int, int, int] | Non
     return load_image_folder(split_root if split_root.is_dir() else root, size, grayscale, crop)
 
 
+def _chw(shape: Sequence[int]) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise InputError(f"an input shape is (C, H, W), got {tuple(shape)}")
+    return int(shape[0]), int(shape[1]), int(shape[2])
+
+
 def load_dataset(spec: str, split: str = "train", input_shape: Sequence[int] | None = None,
                  classes: Sequence[str] | None = None, crop: bool = False) -> Dataset:
     """A dataset from a short spec string, as given on a command line, fitted to
     `input_shape` (C, H, W) if given (resized, centre-cropped with `crop`, channels
     converted); with `classes`, a split whose class list differs is refused."""
-    shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+    shape = None if input_shape is None else _chw(input_shape)
     data = _load(spec, split, shape, crop)
     if shape is not None and data.input_shape != shape:
-        data = Dataset(fit_images(data.images, shape, crop), data.labels, data.classes, data.name)  # type: ignore[arg-type]
+        data = Dataset(fit_images(data.images, shape, crop), data.labels, data.classes, data.name)
     if classes is not None:
         check_classes(data, classes)
     return data

@@ -65,7 +65,7 @@ def plan_depths(
 ) -> list[DepthPoint]:
     """Per depth: the thresholds that meet `target` fastest (predicted), and exits off."""
     backbone = net.backbone
-    restore = backbone.depth  # type: ignore[attr-defined]
+    restore = backbone.depth
     early = net.num_exits - 1
     points = []
     try:

@@ -91,8 +91,9 @@ def measure_interleaved(
     results = {}
     for k, name in enumerate(names):
         seg_ms = None
-        if segment_sums[k] is not None:
-            seg_ms = (segment_sums[k] / np.maximum(segment_runs[k], 1)).tolist()
+        sums, runs = segment_sums[k], segment_runs[k]
+        if sums is not None and runs is not None:
+            seg_ms = (sums / np.maximum(runs, 1)).tolist()
         num_exits = len(seg_ms) if seg_ms is not None else 1
         results[name] = _summary(latencies[k], predictions[k] == data.labels, exits[k], num_exits, seg_ms)
     return results

@@ -135,7 +135,7 @@ def train_gates(
     with torch.no_grad():
         for gate, m, s in zip(gates, means, stds):
             w = gate.linear.weight / s
-            gate.linear.bias -= (w * m).sum()
+            gate.linear.bias.sub_((w * m).sum())
             gate.linear.weight.copy_(w)
     return [g.eval() for g in gates]
 

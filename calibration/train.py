@@ -91,7 +91,7 @@ def train_exits_frozen(
     def one_depth(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         features = []
         with torch.no_grad():
-            for segment in net.segments[:-1]:
+            for segment in net.segment_list[:-1]:
                 x = segment.body(x)
                 features.append(x)
             teacher = net.segments[-1](x)[1] if distill is not None else None

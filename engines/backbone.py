@@ -27,6 +27,9 @@ def default_normalization(channels: int) -> dict[str, list[float]]:
 class Normalize(nn.Module):
     """Per-channel (x - mean) / std inside the graph, so engines take images in [0, 1]."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1))
@@ -75,7 +78,7 @@ class BlockBackbone(nn.Module):
         head: nn.Module,
         block_names: Sequence[str],
         stage_ends: dict[str, int],
-        input_shape: tuple[int, int, int],
+        input_shape: tuple[int, ...],
         normalization: dict[str, list[float]],
         aliases: dict[str, int] | None = None,
         refusals: dict[str, str] | None = None,

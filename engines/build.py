@@ -85,7 +85,7 @@ def build_engines(
             backbone = static_backbone if static_backbone is not None else net.backbone
             static = _export_whole(backbone, out_dir / "static.onnx", example, real_inputs, options)
             whole = static if backbone is net.backbone else _export_chain_whole(net.backbone, static, out_dir, example, real_inputs, options)
-    manifest = describe(net, graphs, classes, points, options, static, out_dir, temperatures, base_graphs)
+    manifest = describe(net, [g for g in graphs if g is not None], classes, points, options, static, out_dir, temperatures, base_graphs)  # all exported
     manifest = replace(manifest, whole_model=whole)
     save_manifest(manifest, out_dir / MANIFEST_NAME)
     return manifest

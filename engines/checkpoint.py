@@ -32,7 +32,7 @@ class ModelSpec:
     backbone: str
     backbone_kwargs: dict[str, Any]
     classes: list[str]
-    split_points: list[int] = field(default_factory=list)  # empty: a plain backbone
+    split_points: list[int | str] = field(default_factory=list)  # empty: a plain backbone
     head: dict[str, Any] = field(default_factory=dict)
     skippable: list[int] | None = None  # adaptive depth: skippable blocks per stage; None = plain
     weights_sha256: str | None = None

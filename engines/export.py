@@ -41,6 +41,8 @@ CRITERIA = (ENTROPY, MAXPROB, GATE)
 class ExitScores(nn.Module):
     """Logits -> (probabilities, entropy in nats, 1 - max probability), with a temperature."""
 
+    temperature: torch.Tensor
+
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         self.register_buffer("temperature", torch.tensor(float(temperature)))
@@ -168,7 +170,7 @@ def exportable_segments(
     if gates is not None and len(gates) != net.num_exits - 1:
         raise ValueError(f"need {net.num_exits - 1} gates (one per early exit), got {len(gates)}")
     gate_of = list(gates) + [None] if gates is not None else [None] * net.num_exits
-    return [ExportableSegment(s, t, g) for s, t, g in zip(net.segments, temperatures, gate_of)]
+    return [ExportableSegment(s, t, g) for s, t, g in zip(net.segment_list, temperatures, gate_of)]
 
 
 def export_static(backbone: nn.Module, path: Path, example: torch.Tensor) -> ExportedGraph:

@@ -9,6 +9,7 @@ them in order is the backbone, operation for operation.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -55,6 +56,11 @@ class MultiExitNetwork(nn.Module):
         classes = num_classes or _num_classes(backbone)
         self.exit_heads = nn.ModuleList(exit_head(info[s].shape, classes, head_spec) for s in splits)
         self.segments = nn.ModuleList(self._build_segments())
+
+    @property
+    def segment_list(self) -> list[Segment]:
+        """The segments, typed (an nn.ModuleList hands out plain Modules)."""
+        return [cast(Segment, s) for s in self.segments]
 
     @property
     def num_exits(self) -> int:

@@ -62,7 +62,7 @@ def _quantize_one(job: QuantJob) -> str:
     try:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-        class Reader(CalibrationDataReader):
+        class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no types
             def __init__(self) -> None:
                 self._batches = iter(
                     {job.input_name: np.ascontiguousarray(job.calibration[i : i + job.batch])}

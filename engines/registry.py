@@ -36,7 +36,7 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
 for _depth in (8, 14, 20, 32, 44, 56, 110):
     register_backbone(f"resnet{_depth}")(
-        lambda depth=_depth, **kw: cifar_resnet(depth, **kw)  # type: ignore[misc]
+        lambda depth=_depth, **kw: cifar_resnet(depth, **kw)
     )
 
 

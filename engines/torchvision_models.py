@@ -68,7 +68,7 @@ def torchvision_mobilenet_v2(
     inverted = list(net.features[1:-1])
     names = [f"features.{i + 1}" for i in range(len(inverted))]
     # torchvision's stage boundaries: where the channel count changes.
-    stage_ends = {}
+    stage_ends: dict[str, int] = {}
     for i, block in enumerate(inverted):
         nxt = inverted[i + 1] if i + 1 < len(inverted) else None
         if nxt is None or nxt.out_channels != block.out_channels:

@@ -49,7 +49,7 @@ def shape(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected C,H,W") from None
     if len(dims) != 3 or min(dims) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected three positive sizes C,H,W")
-    return dims  # type: ignore[return-value]
+    return dims[0], dims[1], dims[2]
 
 
 def floats(text: str) -> list[float]:

@@ -153,7 +153,8 @@ def make_report(
 def operating_points(report: dict[str, Any], num_exits: int) -> list[OperatingPoint]:
     """Full depth, base depth and every other depth with exits off (the governor's depth
     switch), then the frontier's points with exits on."""
-    rows, off = report["depths"], [None] * (num_exits - 1)
+    rows = report["depths"]
+    off: list[float | None] = [None] * (num_exits - 1)
     points = [OperatingPoint("full", off, measured=_measured(rows[report["super_depth"]]))]
     points.append(OperatingPoint("base", off, depth=report["base_depth"], measured=_measured(rows[report["base_depth"]])))
     for depth, row in rows.items():

@@ -194,9 +194,9 @@ def model_data(recipe: ModelRecipe, pool: Dataset, calibration: Dataset, test: D
     return ModelData(*parts)
 
 
-def candidate_exits(backbone: BlockBackbone) -> list[str]:
+def candidate_exits(backbone: BlockBackbone) -> list[int | str]:
     """Every block inside a stage, the last one excepted (its exit is the final one)."""
-    inside = [n for n in backbone.block_names if any(n.startswith(f"{stage}.") for stage in backbone.stage_starts)]
+    inside: list[int | str] = [n for n in backbone.block_names if any(n.startswith(f"{stage}.") for stage in backbone.stage_starts)]
     return inside[:-1]
 
 

@@ -16,7 +16,9 @@ import platform
 from collections.abc import Sequence
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from torch import nn
 
 from calibration import gates as gating
 from calibration.data import Dataset, load_dataset
@@ -128,7 +130,7 @@ def load_networks(args: argparse.Namespace) -> tuple[ModelSpec, MultiExitNetwork
 def check_data(net: MultiExitNetwork, data: Dataset, args: argparse.Namespace) -> None:
     if tuple(data.input_shape) != tuple(net.backbone.input_shape):
         raise UserError(f"{args.data} images are {data.input_shape}, the network takes {tuple(net.backbone.input_shape)}")
-    classes = net.exit_heads[0][-1].out_features
+    classes = cast(nn.Linear, cast(nn.Sequential, net.exit_heads[0])[-1]).out_features
     if len(data.classes) != classes:
         raise UserError(f"{args.data} has {len(data.classes)} classes, the network has {classes}")
 
@@ -303,7 +305,7 @@ def make_report(
     static = measured.get("static")
     points = []
     for point in manifest.operating_points:
-        row = {"name": point.name, "criterion": point.criterion, "thresholds": point.thresholds, "precision": point.precision}
+        row: dict[str, Any] = {"name": point.name, "criterion": point.criterion, "thresholds": point.thresholds, "precision": point.precision}
         row |= {"engine": point.engine} | point.measured
         plan = plans.get(point.name)  # the static point has no plan: nothing was predicted
         if plan is not None:

@@ -23,6 +23,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,7 @@ def drive(
         fresh = reading is not None and now - reading.time <= governor.policy.stale_after_s and temperature is not None
         rows.append(row_of(decision, reading, fresh, temperature, soft, hard, speed, ours, theirs, objective))
         if hasattr(clock, "advance"):
-            clock.advance(args.tick_s)  # type: ignore[attr-defined]
+            clock.advance(args.tick_s)
         else:
             time.sleep(max(0.0, args.tick_s - (time.monotonic() - started)))
     return rows
@@ -210,6 +211,10 @@ def serve(predict: Callable[[np.ndarray], Any], images: np.ndarray, labels: np.n
         latencies.append((time.perf_counter() - start) * 1e3 / speed)
         correct += label == int(labels[i])
     return latencies, correct
+
+
+def _level_above(level: int, row: dict[str, Any]) -> bool:
+    return bool(row["level"] > level)
 
 
 def row_of(decision: Any, reading: Reading | None, fresh: bool, temperature: float | None, soft: float, hard: float, speed: float, ours: tuple[list[float], int],
@@ -261,7 +266,7 @@ def check_policy(rows: list[dict[str, Any]], policy: Policy, last: int, saver: i
                 violations.append(f"t={t:g}: battery {battery:.0f}% and not at a saver point within a tick")
         dwelt = last_switch is None or t - last_switch >= policy.min_dwell_s
         if policy.power_budget_mw and r["power_mw"] and r["power_mw"] > policy.power_budget_mw and r["level"] < last and dwelt:
-            if not within_a_tick(i, lambda x, level=r["level"]: x["level"] > level):
+            if not within_a_tick(i, partial(_level_above, r["level"])):
                 violations.append(f"t={t:g}: power {r['power_mw']:.0f} mW over budget and no step down within a tick")
         if i > 0 and r["level"] != rows[i - 1]["level"]:
             down = r["level"] > rows[i - 1]["level"]

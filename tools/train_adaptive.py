@@ -17,6 +17,7 @@ import argparse
 import copy
 import os
 from pathlib import Path
+from typing import cast
 
 from calibration import pipeline
 from calibration.adaptive import SelfDistillation, depth_accuracies
@@ -25,7 +26,7 @@ from calibration.train import TrainConfig, exit_accuracies, set_threads
 from edge.atomic import sha256_file
 from edge.backends.onnxruntime_backend import online_cores
 from edge.errors import UserError
-from engines.adaptive import depth_stages, make_adaptive
+from engines.adaptive import AdaptiveBackbone, depth_stages, make_adaptive
 from engines.backbone import BlockBackbone
 from engines.checkpoint import ModelSpec, load_checkpoint
 from engines.registry import list_backbones
@@ -73,16 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _finish(args: argparse.Namespace, spec: ModelSpec, backbone: BlockBackbone, train: Dataset, cfg: TrainConfig) -> None:
+def _finish(args: argparse.Namespace, spec: ModelSpec, backbone: AdaptiveBackbone, train: Dataset, cfg: TrainConfig) -> None:
     test = load_dataset(args.data, "test", train.input_shape, train.classes, crop=args.crop)
     print(f"adaptive backbone -> {args.out / 'adaptive.pt'}")
-    for depth, accuracy in depth_accuracies(backbone, test).items():  # type: ignore[arg-type]
+    for depth, accuracy in depth_accuracies(backbone, test).items():
         print(f"  depth {depth}: test accuracy {accuracy:.2%}")
     if args.exit_epochs > 0:
         exit_cfg = TrainConfig(epochs=args.exit_epochs, batch_size=args.batch_size, lr=0.05, shift=1, seed=args.seed)
-        net = pipeline.adaptive_exits(spec, backbone, train, exit_cfg, args.out / "adaptive-exits.pt")  # type: ignore[arg-type]
-        for depth in (backbone.super_depth(), backbone.base_depth()):  # type: ignore[attr-defined]
-            net.backbone.set_depth(depth)  # type: ignore[operator]
+        net = pipeline.adaptive_exits(spec, backbone, train, exit_cfg, args.out / "adaptive-exits.pt")
+        for depth in (backbone.super_depth(), backbone.base_depth()):
+            cast(AdaptiveBackbone, net.backbone).set_depth(depth)
             accs = ", ".join(f"{a:.2%}" for a in exit_accuracies(net, test))
             print(f"  exits at depth {depth}: {accs} -> {args.out / 'adaptive-exits.pt'}")
 
@@ -99,6 +100,7 @@ def _spec_and_init(args: argparse.Namespace, train: Dataset) -> tuple[ModelSpec,
     """The spec with its skippable counts, and the backbone to fine-tune (None: from scratch)."""
     if args.init is not None and args.weights is not None:
         raise UserError("give --init (a checkpoint of this project) or --weights (yours), not both")
+    init: BlockBackbone | None
     if args.init is not None:
         spec, init = pipeline.plain_checkpoint(args.init, train)
     else:

@@ -121,7 +121,7 @@ class OnnxRuntimeBackend(Backend):
         self._fetches[-1] = {c: _fetch_names(final, c if c in final.criteria else "entropy") for c in every}
         for path, session, feed, fetches in zip(files, self._sessions, self._feeds, self._fetches):
             _check_interface(path, session, feed, fetches)
-        self._trunk_fetches = [[s.features_output] for s in manifest.segments[:-1]]
+        self._trunk_fetches = [[s.features_output or ""] for s in manifest.segments[:-1]]  # set on every early segment (the manifest checks)
         if self.trunks:
             trunks = [self._trunk_session(path, s, options) for path, s in zip(files, manifest.segments[:-1])]
             self._trunk_runners = [self.runner(session) for session in trunks]
@@ -163,8 +163,8 @@ class OnnxRuntimeBackend(Backend):
         several microseconds per segment that a 0.1 ms segment notices."""
         compiled = getattr(session, "_sess", None)
         if self.providers == ["CPUExecutionProvider"] and compiled is not None:
-            return compiled.run  # type: ignore[no-any-return]
-        return session.run  # type: ignore[no-any-return]
+            return compiled.run
+        return session.run
 
     def open_session(self, path: Path, options: Any | None = None) -> Any:
         """An InferenceSession with this backend's options. Every session in a process that

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the same parser, as a package
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # Python 3.10 (JetPack 6): the same parser, as a package
+    import tomli as tomllib
 
 from edge.errors import UserError
 
@@ -66,6 +67,9 @@ class DaemonConfig:
         return token
 
 
+_PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float)}
+
+
 def load_config(path: Path | None, overrides: dict[str, Any]) -> DaemonConfig:
     """The file's values (if given), then the overrides that are not None."""
     values: dict[str, Any] = {}
@@ -77,7 +81,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> DaemonConfig:
         raise ConfigError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
     values |= {k: v for k, v in overrides.items() if v is not None}
     for key, value in values.items():
-        expected = {"str": str, "int": int, "float": (int, float)}[str(known[key].type)]
+        expected = _PYTHON_TYPES[str(known[key].type)]
         if not isinstance(value, expected) or isinstance(value, bool):
             raise ConfigError(f"{key} must be {known[key].type}, got {value!r}")
     return DaemonConfig(**values)

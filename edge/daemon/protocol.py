@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class InferRequest:
     timeout_s: float | None = None  # parameters.timeout: tritonclient's, in microseconds
 
 
-def _positive(value: Any) -> bool:
+def _positive(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
@@ -86,10 +86,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     request_id = doc.get("id")
     point, budget = _point_request(parameters)
     timeout = parameters.get("timeout")  # a malformed one is ignored: the server's limit applies
-    return InferRequest(
-        None if request_id is None else str(request_id), tensors, parameters, outputs, binary, point, budget,
-        timeout / 1e6 if _positive(timeout) else None,
-    )
+    timeout_s = float(timeout) / 1e6 if _positive(timeout) else None
+    return InferRequest(None if request_id is None else str(request_id), tensors, parameters, outputs, binary, point, budget, timeout_s)
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:

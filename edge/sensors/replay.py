@@ -84,7 +84,9 @@ def _json_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
 def _reading(row: dict[str, Any], where: str) -> Reading:
     try:
         values = {k.strip(): v for k, v in row.items() if k is not None and v not in (None, "")}
-        temperatures, trips, rails = {}, {}, {}
+        temperatures: dict[str, float] = {}
+        trips: dict[str, dict[str, float]] = {}
+        rails: dict[str, float] = {}
         for key, value in values.items():
             if key.startswith("temp."):
                 temperatures[key[5:]] = float(value)

@@ -33,7 +33,7 @@ class ChainCheck:
 
 def chain_bodies(backbone: BlockBackbone, split_points: Sequence[int | str]) -> list[nn.Module]:
     """The plain segments (no exit heads): features in, features out, logits last."""
-    return [segment.body for segment in MultiExitNetwork(backbone, split_points, num_classes=1).segments]
+    return [segment.body for segment in MultiExitNetwork(backbone, split_points, num_classes=1).segment_list]
 
 
 def check_chain(

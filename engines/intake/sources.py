@@ -121,7 +121,7 @@ def _leaf_types(kind: str) -> tuple[type, ...]:
         return ()
     from timm.models import _features_fx
 
-    return tuple(_features_fx.get_notrace_modules())
+    return tuple(_features_fx.get_notrace_modules())  # type: ignore[no-untyped-call]
 
 
 def _autowrap(kind: str) -> tuple[object, ...]:
@@ -130,7 +130,7 @@ def _autowrap(kind: str) -> tuple[object, ...]:
         return ()
     from timm.models import _features_fx
 
-    return tuple(_features_fx.get_notrace_functions())
+    return tuple(_features_fx.get_notrace_functions())  # type: ignore[no-untyped-call]
 
 
 @register_source("torchvision")

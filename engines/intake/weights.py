@@ -56,7 +56,7 @@ def _find_state_dict(payload: object) -> dict[str, torch.Tensor] | None:
     if isinstance(payload, dict):
         for key in STATE_DICT_KEYS:
             if _is_state_dict(payload.get(key)):
-                return payload[key]  # type: ignore[no-any-return]
+                return payload[key]
     return None
 
 
