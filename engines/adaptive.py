@@ -65,7 +65,7 @@ class AdaptiveStage(nn.Module):
     @skip.setter
     def skip(self, value: bool) -> None:
         if value and not self.can_skip:
-            raise ValueError("this stage has no skippable sub-path")
+            raise AdaptiveDepthError("this stage has no skippable sub-path")
         self._skip = bool(value)
         for module in self.mandatory.modules():
             if isinstance(module, SkipAwareBatchNorm2d):
@@ -121,7 +121,7 @@ def check_depth(config: str, names: Sequence[str], skippable: Sequence[int]) -> 
     """The manifest's rule (edge.manifest.depth_problem), on the torch side."""
     problem = depth_problem(config, [(name, n > 0) for name, n in zip(names, skippable)])
     if problem:
-        raise ValueError(problem)
+        raise AdaptiveDepthError(problem)
 
 
 @dataclass(frozen=True)

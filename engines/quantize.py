@@ -22,8 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from edge.atomic import atomic_path
+from edge.errors import UserError
 
 ACTIVATION_TYPES = ("uint8", "int8")
+
+
+class QuantizationError(UserError, ValueError):
+    """A quantization request that cannot be met (activation type, symmetry)."""
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,9 @@ def quantize_segments(jobs: Sequence[QuantJob]) -> None:
     """Write every job's INT8 engine; raises RuntimeError naming the segment that failed."""
     for job in jobs:
         if job.activation not in ACTIVATION_TYPES:
-            raise ValueError(f"activation type must be one of {ACTIVATION_TYPES}, got {job.activation!r}")
+            raise QuantizationError(f"activation type must be one of {ACTIVATION_TYPES}, got {job.activation!r}")
         if job.symmetric and job.activation != "int8":
-            raise ValueError("symmetric quantization needs int8 activations (uint8 centres on 128)")
+            raise QuantizationError("symmetric quantization needs int8 activations (uint8 centres on 128)")
     context = multiprocessing.get_context("spawn")
     # An executor, not a Pool: a child killed outright (out of memory) raises
     # BrokenProcessPool here instead of leaving the parent waiting forever.

@@ -6,6 +6,7 @@ import fnmatch
 from collections.abc import Callable
 from typing import Any
 
+from edge.errors import UserError
 from engines.backbone import BlockBackbone
 from engines.resnet import cifar_resnet
 
@@ -21,12 +22,16 @@ def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]
     return decorate
 
 
+class UnknownBackboneError(UserError, ValueError):
+    """A backbone name the registry does not know."""
+
+
 def create_backbone(name: str, **kwargs: Any) -> BlockBackbone:
     """Build a registered backbone; kwargs are its factory's (num_classes, input_shape...)."""
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}") from None
+        raise UnknownBackboneError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}") from None
     return factory(**kwargs)
 
 

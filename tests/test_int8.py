@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from calibration.int8 import PRECISION, engine_table, segment_inputs, with_int8
-from edge.errors import BackendError, InputError, ManifestError
+from edge.errors import BackendError, InputError, ManifestError, UserError
 from edge.manifest import MANIFEST_NAME, OperatingPoint, load_manifest, save_manifest
 from edge.runtime import Runtime
 from engines.quantize import QuantJob, quantize_segments
@@ -89,7 +89,7 @@ def test_a_failing_quantization_names_the_segment(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="broken.onnx: INT8 quantization failed"):
         quantize_segments([job])
     assert not (tmp_path / "out.onnx").exists()
-    with pytest.raises(ValueError, match="activation type"):
+    with pytest.raises(UserError, match="activation type"):
         quantize_segments([dataclasses.replace(job, activation="fp8")])
 
 

@@ -108,7 +108,7 @@ def test_registry() -> None:
     assert {"resnet8", "resnet20", "resnet56", "tv_resnet18", "tv_mobilenet_v2"} <= set(names)
     assert list_backbones("resnet*") == sorted(n for n in names if n.startswith("resnet"))
     assert len(create_backbone("resnet14", input_shape=(1, 8, 8)).blocks) == 6
-    with pytest.raises(ValueError, match="unknown backbone 'resnet9'.*resnet8"):
+    with pytest.raises(UserError, match="unknown backbone 'resnet9'.*resnet8"):
         create_backbone("resnet9")
 
 
