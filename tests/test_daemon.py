@@ -313,6 +313,60 @@ def test_listening_beyond_loopback_without_a_token_is_warned(
     assert any("without a token" in r.getMessage() for r in caplog.records) == warned
 
 
+def test_a_corrupt_engine_at_start_leaves_the_server_up_and_says_which_file(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
+    broken = Path(shutil.copytree(engines, tmp_path / "digits"))
+    (broken / "segment_1.onnx").write_bytes(b"not an onnx file")
+    daemon = start(DaemonConfig(model_repository=str(broken), port=0, sensors="none"))
+    url = "{}:{}".format(*daemon.address)
+    try:
+        assert raw(url, "GET", "/v2/health/live")[0] == 200 and raw(url, "GET", "/v2/health/ready")[0] == 503
+        status, meta = raw(url, "GET", "/v2/models/digits")
+        assert status == 200 and meta["ready"] is False and "segment_1.onnx" in meta["reason"]
+        status, doc = raw(url, "POST", "/v2/models/digits/infer", json_request(real_images[:1]))
+        assert status == 503 and "segment_1.onnx" in doc["error"]
+    finally:
+        daemon.stop()
+
+
+def test_a_repository_of_several_models_serves_each_and_a_broken_one_alone_is_not_ready(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
+    repository = tmp_path / "models"
+    for name in ("first", "second", "broken"):
+        shutil.copytree(engines, repository / name)
+    (repository / "broken" / "segment_0.onnx").unlink()
+    (repository / "notes").mkdir()  # a folder without a manifest is not a model
+    daemon = start(DaemonConfig(model_repository=str(repository), port=0, sensors="none"))
+    url = "{}:{}".format(*daemon.address)
+    try:
+        assert sorted(daemon.models) == ["broken", "first", "second"]
+        expected = Runtime(engines).infer(real_images[:2]).predictions
+        for name in ("first", "second"):
+            status, body = raw(url, "POST", f"/v2/models/{name}/infer", json_request(real_images[:2]))
+            predictions = next(o["data"] for o in body["outputs"] if o["name"] == "prediction")
+            assert status == 200 and body["model_name"] == name and predictions == expected.tolist()
+            assert raw(url, "GET", f"/v2/models/{name}/ready")[0] == 200
+        assert raw(url, "GET", "/v2/models/broken/ready")[0] == 503
+        assert raw(url, "GET", "/v2/health/ready")[0] == 503  # ready means every model is
+    finally:
+        daemon.stop()
+
+
+def test_a_client_that_stalls_mid_body_is_cut_off(engines: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.daemon import http as edged_http
+
+    monkeypatch.setattr(edged_http.Handler, "timeout", 1.0)  # the daemon's 10 s, shortened for the test
+    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="none"))
+    try:
+        with socket.create_connection(daemon.address, timeout=30) as client:
+            client.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"inputs\": [")
+            answer = b""
+            while chunk := client.recv(4096):  # the server answers, then closes
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive" in answer and b"Connection: close" in answer
+        assert raw("{}:{}".format(*daemon.address), "GET", "/v2/health/ready")[0] == 200  # and goes on serving
+    finally:
+        daemon.stop()
+
+
 def test_a_bearer_token_guards_infer_and_admin_but_not_health(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
     (tmp_path / "token").write_text("s3cret\n")
     daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="none", token_file=str(tmp_path / "token")))
@@ -320,6 +374,8 @@ def test_a_bearer_token_guards_infer_and_admin_but_not_health(engines: Path, tmp
     url = f"{host}:{port}"
     try:
         assert raw(url, "GET", "/v2/health/ready")[0] == 200
+        status, meta = raw(url, "GET", "/v2/models/digits")  # metadata stays open, as health does
+        assert status == 200 and meta["inputs"][0]["name"] == "input"
         assert raw(url, "POST", "/v2/models/digits/infer", json_request(real_images[:1]))[0] == 401
         assert raw(url, "GET", "/v2/edge/governor", headers={"Authorization": "Bearer wrong"})[0] == 401
         assert raw(url, "GET", "/metrics")[0] == 401
