@@ -20,6 +20,7 @@ from typing import Any
 from calibration import pipeline
 from calibration.data import Dataset, load_dataset
 from calibration.evaluate import Config, Measurement, StaticModel, measure_interleaved, runtime_config
+from calibration.plots.adaptive import plot_depths, plot_pareto
 from calibration.train import set_threads
 from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
@@ -32,7 +33,6 @@ from engines.backbone import BlockBackbone
 from engines.checkpoint import load_checkpoint
 from engines.partition import MultiExitNetwork
 from tools._cli import run_main
-from tools.adaptive_plot import plot_depths, plot_pareto
 from tools.calibrate import check_data
 
 THRESHOLDS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.8]

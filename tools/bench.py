@@ -30,6 +30,7 @@ from calibration.int8 import PRECISION as INT8
 from calibration.int8 import engine_table, fastest_int8
 from calibration.latency import NONE_PASS, LatencyModel
 from calibration.placement import CandidateCosts, Placement, candidate_costs, evaluate_set, place_exits
+from calibration.plots.bench import plot_bench, plot_depth_frontiers
 from calibration.thresholds import Target, search_thresholds
 from calibration.train import Distillation, TrainConfig, exit_accuracies, set_threads
 from edge.atomic import write_json_atomic
@@ -44,7 +45,6 @@ from engines.partition import MultiExitNetwork
 from engines.quantize import QuantJob, quantize_segments
 from tools import bench_rules
 from tools._cli import run_main
-from tools.bench_plot import plot_bench, plot_depth_frontiers
 
 log = logging.getLogger("tools.bench")
 

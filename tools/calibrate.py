@@ -26,6 +26,7 @@ from calibration.evaluate import Config, StaticModel, measure_interleaved, runti
 from calibration.exits import ExitTable, exit_logits, outcome
 from calibration.int8 import PRECISION, engine_table, fastest_int8
 from calibration.latency import NONE_PASS, BatchProfile, LatencyModel, profile_runtime
+from calibration.plots.calibrate import plot_pareto
 from calibration.temperature import ExitCalibration, calibrate_exits, expected_calibration_error, softmax
 from calibration.thresholds import Plan, Target, search_thresholds
 from calibration.train import set_threads
@@ -39,7 +40,6 @@ from engines.build import BuildOptions, build_engines
 from engines.checkpoint import ModelSpec, load_checkpoint
 from engines.partition import MultiExitNetwork
 from tools._cli import run_main
-from tools.calibrate_plot import plot_pareto
 
 log = logging.getLogger("tools.calibrate")
 

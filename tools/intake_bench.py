@@ -15,10 +15,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from calibration.intake import IntakeEntry, measure_entry
+from calibration.plots import pyplot, save
 from calibration.train import set_threads
 from edge.atomic import atomic_path
 from tools._cli import run_main
-from tools._plot import pyplot, save
 
 SMALL = (3, 64, 64)
 LARGE = (3, 224, 224)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from calibration.data import Dataset, load_dataset
 from calibration.evaluate import StaticModel, measure_interleaved, runtime_config
+from calibration.plots.power_test import plot_timeline
 from edge.atomic import write_json_atomic
 from edge.errors import UserError
 from edge.governor import Governor, Policy, Rung, ladder, load_policy
@@ -39,7 +40,6 @@ from edge.runtime import Runtime
 from edge.sensors import Reading, SensorError, SensorSource, open_first
 from edge.sensors.replay import ReplaySource
 from tools._cli import run_main
-from tools.power_test_plot import plot_timeline
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = {"thermal": ROOT / "traces/thermal_ramp.csv", "battery": ROOT / "traces/battery_discharge.csv"}

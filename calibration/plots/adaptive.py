@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tools._plot import pyplot, save
+from calibration.plots import pyplot, save
 
 
 def plot_depths(report: dict[str, Any], path: Path) -> None:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from calibration.plots import pyplot, save
 from edge.governor import Rung
-from tools._plot import pyplot, save
 
 
 def plot_timeline(rows: list[dict[str, Any]], rungs: Sequence[Rung], summary: dict[str, Any], path: Path) -> None:

@@ -1,4 +1,4 @@
-"""What the tools' PNG plots share: a headless pyplot and writing the file."""
+"""PNG plots of the tools' results, on a headless pyplot (no display on a device or in CI)."""
 
 from __future__ import annotations
 

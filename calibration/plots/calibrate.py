@@ -7,8 +7,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+from calibration.plots import pyplot, save
 from edge.frontier import pareto_front
-from tools._plot import pyplot, save
 
 
 def plot_pareto(report: dict[str, Any], path: Path) -> None:
