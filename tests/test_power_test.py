@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge.governor import Policy
+from calibration import powertest
+from calibration.powertest import ThrottleModel, check_policy
+from edge.governor import Governor, Policy
 from tools import power_test
 from tools._cli import run_main
-from tools.power_test import ThrottleModel, check_policy
 
 LAST, SAVER = 3, 2
 
@@ -99,3 +101,23 @@ def test_the_checker_settles_crossed_limits_as_the_governor_does() -> None:
     _, soft, hard = power_test.board_state(reading, policy)
     assert (soft, hard) == Governor([Rung("full", 1.0)], policy).limits(reading) == (72.0, 75.0)
     assert ThrottleModel().speed(85.0, soft, hard, None) == pytest.approx(0.5)
+
+
+class GovernorIgnoringItsLimits(Governor):
+    """A governor that never leaves its most accurate point: what the checker is for."""
+
+    def tick(self, now: float, reading: Any, latency_ms: float | None = None, error: str | None = None) -> Any:
+        decision = super().tick(now, reading, latency_ms, error)
+        self.level = 0
+        return dataclasses.replace(decision, level=0, point=self.rungs[0].point, switched=False, forced=False)
+
+
+def test_a_run_that_breaks_the_policy_says_so_and_exits_3(
+    built_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(powertest, "Governor", GovernorIgnoringItsLimits)
+    args = ["--engines", str(built_dir), "--data", "digits", "--out", str(tmp_path), "--images-per-tick", "1", "--profile-samples", "30"]
+    assert run_main(lambda argv: power_test.main(argv, "thermal"), args) == power_test.POLICY_BROKEN == 3
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert any("at or above the hard limit" in v for v in summary["violations"])
+    assert "POLICY BROKEN" in capsys.readouterr().out

@@ -13,6 +13,7 @@ import torch
 
 from calibration import pipeline
 from calibration.data import load_digits
+from calibration.points import budget_answer
 from calibration.train import TrainConfig
 from edge.manifest import load_manifest
 from edge.runtime import Runtime
@@ -206,10 +207,10 @@ def test_budget_answer_picks_the_most_accurate_point_within_budget() -> None:
         {"name": "b", "mean_ms": 0.5, "accuracy": 0.85},
         {"name": "c", "mean_ms": 0.4, "accuracy": 0.8},
     ]
-    answer = calibrate.budget_answer(0.6, points)
+    answer = budget_answer(0.6, points)
     assert answer["met"] and answer["point"] == "b"
-    assert not calibrate.budget_answer(0.3, points)["met"]
-    assert "the fastest, c, measured 0.400 ms" in calibrate.budget_answer(0.3, points)["message"]
+    assert not budget_answer(0.3, points)["met"]
+    assert "the fastest, c, measured 0.400 ms" in budget_answer(0.3, points)["message"]
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from calibration import pipeline
 from calibration.data import Dataset, load_dataset
 from calibration.evaluate import Config, Measurement, StaticModel, measure_interleaved, runtime_config
 from calibration.plots.adaptive import plot_depths, plot_pareto
+from calibration.points import check_data
 from calibration.train import set_threads
 from edge.atomic import write_json_atomic
 from edge.backends.onnxruntime_backend import online_cores
@@ -33,7 +34,6 @@ from engines.backbone import BlockBackbone
 from engines.checkpoint import load_checkpoint
 from engines.partition import MultiExitNetwork
 from tools._cli import run_main
-from tools.calibrate import check_data
 
 THRESHOLDS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.8]
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads()
     test = load_dataset(args.data, "test")
     net, static = load_networks(args.checkpoint, args.static, test)
-    check_data(net, test, args)
+    check_data(net, test, args.data)
     thresholds = [float(t) for t in args.thresholds.split(",")]
     manifest = pipeline.build(net, test, args.out / "engines", args.checkpoint.stem, static)
     runtime = Runtime(manifest)
