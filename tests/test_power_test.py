@@ -98,7 +98,7 @@ def test_the_checker_settles_crossed_limits_as_the_governor_does() -> None:
 
     policy = Policy(hard_limit_c=75.0)
     reading = Reading(0.0, "test", {"tj": 74.0}, {"tj": {"passive": 80.0, "hot": 90.0}})
-    _, soft, hard = power_test.board_state(reading, policy)
+    _, soft, hard = powertest.board_state(reading, policy)
     assert (soft, hard) == Governor([Rung("full", 1.0)], policy).limits(reading) == (72.0, 75.0)
     assert ThrottleModel().speed(85.0, soft, hard, None) == pytest.approx(0.5)
 
