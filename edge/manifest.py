@@ -1,4 +1,4 @@
-"""The manifest: the one contract between build time and run time (ARCHITECTURE decision 1).
+"""The manifest: the one contract between build time and run time (docs/architecture.md, decision 1).
 
 Schema documented in docs/manifest.md. Loading checks the schema version, the shape of
 every entry and the sha256 of every file it names, and fails with a ManifestError

@@ -1,4 +1,4 @@
-"""Chain segment engines and stop at the first confident exit (ARCHITECTURE decision 3).
+"""Chain segment engines and stop at the first confident exit (docs/architecture.md, decision 3).
 
 After each exit, samples whose score passes that exit's threshold leave the batch and
 the next segment runs only on the rest; results come back in input order. Batch 1,

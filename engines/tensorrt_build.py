@@ -1,6 +1,6 @@
 """TensorRT plans from the segment ONNX files, for TensorRT 10.x (JetPack 6) and 11.x.
 
-Written against the Python API in ../shared/reference/tensorrt-jetson.md (sections 1-3);
+Written against TensorRT's Python API (docs/jetson.md, References);
 `tensorrt` is imported only when a plan is built, on the device that will run it
 (plans do not move across TensorRT versions or GPUs). Per engine file of the manifest
 (each segment, its precision variants and its base variant): an optimization profile

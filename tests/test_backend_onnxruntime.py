@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edge.backends import BACKENDS, Backend, ExitOutput, create_backend
+from edge.backends import BACKENDS, create_backend
 from edge.backends.onnx_prune import prune_to_outputs
 from edge.backends.onnxruntime_backend import OnnxRuntimeBackend, online_cores
 from edge.errors import BackendError, ManifestError
@@ -31,7 +31,6 @@ def test_unknown_backend_name() -> None:
 
 def test_factory_passes_options() -> None:
     backend = create_backend("onnxruntime", threads=3, shared_threads=False, spinning=True, optimization="basic")
-    assert isinstance(backend, OnnxRuntimeBackend) and isinstance(backend, Backend)
     assert (backend.threads, backend.shared_threads, backend.spinning, backend.optimization) == (3, False, True, "basic")
     assert create_backend().name == "onnxruntime"
 
@@ -137,7 +136,6 @@ def test_run_returns_features_probs_and_scores(loaded, built, real_images) -> No
     features = loaded.upload(x)
     for k, info in enumerate(manifest.segments):
         out = loaded.run(k, features)
-        assert isinstance(out, ExitOutput)
         assert out.probs.shape == (6, 10) and out.scores.shape == (6,)
         expected = run_named(reference_session(folder / info.file), features)
         np.testing.assert_allclose(out.probs, expected[info.probs_output], rtol=0, atol=1e-6)
@@ -199,7 +197,6 @@ def test_advance_hands_on_the_same_features_as_run(loaded, built, real_images) -
     for k in range(len(manifest.segments) - 1):
         out = loaded.run(k, features)
         trunk = loaded.advance(k, features)
-        assert isinstance(trunk, np.ndarray)
         np.testing.assert_array_equal(trunk, out.features)
         features = out.features
     with pytest.raises(BackendError, match="segment 1 \\(exit off\\)"):

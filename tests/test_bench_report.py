@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from calibration.bench.report import print_summary, summary_entry
 from calibration.plots.bench import plot_bench, plot_depth_frontiers
-from tools.bench import print_summary, summary_entry
 
 
 def timed(accuracy: float, mean_ms: float, ratio: float, predicted: float, exits: list[float]) -> dict[str, Any]:

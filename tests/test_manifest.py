@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge.atomic import sha256_file
-from edge.errors import ManifestError, UserError
+from edge.errors import ManifestError
 from edge.manifest import MANIFEST_NAME, SCHEMA_VERSION, load_manifest, save_manifest
 from tests.helpers import read_manifest_json, write_manifest_json
 
@@ -51,10 +51,6 @@ def test_missing_manifest(tmp_path: Path) -> None:
     assert str(tmp_path / MANIFEST_NAME) in str(info.value)
     with pytest.raises(ManifestError, match="manifest not found"):
         load_manifest(tmp_path / "nowhere" / "manifest.json")
-
-
-def test_manifest_error_is_a_user_error() -> None:
-    assert issubclass(ManifestError, UserError)
 
 
 @pytest.mark.parametrize("text", ["{not json", "", "\xff\xfe garbage"])

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
+from calibration.bench.rules import read_bench
 from calibration.placement import CandidateCosts
 from calibration.rules import RULES, LogisticRule, compare_rules, rule_table
 from calibration.temperature import softmax
 from edge.errors import UserError
-from tools.bench_rules import read_bench
 
 N, CLASSES = 3000, 5
 

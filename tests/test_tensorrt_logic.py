@@ -168,7 +168,7 @@ def test_the_device_check_says_what_it_needs(built_dir: Path, capsys: pytest.Cap
     from tools import device_check
     from tools._cli import run_main
 
-    pytest.importorskip("sklearn")
+    pytest.importorskip("sklearn", reason="scikit-learn (the 'test' extra) is not installed")
     try:
         import tensorrt  # noqa: F401
         pytest.skip("TensorRT is installed here: the device check would run for real")

@@ -2,7 +2,7 @@
 
 Features are opaque to the runtime (a numpy array on the CPU, a device buffer on a
 GPU), so a GPU backend keeps them in device memory between segments and copies to the
-host only the exit's probabilities and score (ARCHITECTURE decision 4). Batch
+host only the exit's probabilities and score (docs/architecture.md, decision 4). Batch
 compaction goes through `take`, which a GPU backend implements as a device gather.
 """
 

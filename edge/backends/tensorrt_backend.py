@@ -1,7 +1,7 @@
 """The TensorRT backend: the manifest's plans, chained with the features kept on the GPU.
 
 Behind the same seam as onnxruntime (edge/backends/base.py), written against TensorRT
-10.x/11.x and pycuda (../shared/reference/tensorrt-jetson.md, sections 3-5), imported
+10.x/11.x and pycuda (docs/jetson.md, References), imported
 only when `load` runs. It uses the device's primary context (so torch and TensorRT can
 share the process), pushed around every call because a CUDA context is current per
 thread. Each calling thread gets its own lane: a CUDA stream, an execution context per

@@ -1,5 +1,5 @@
 """Open Inference Protocol v2 bodies: requests in, responses out, JSON and the binary
-tensor extension (../shared/reference/tensorrt-jetson.md, section 10).
+tensor extension (docs/daemon.md, References).
 
 A request body is JSON, or JSON followed by raw little-endian tensor bytes when the
 `Inference-Header-Content-Length` header gives the JSON part's length; an input then

@@ -1,6 +1,6 @@
 """jetson-stats (`jtop`) as a sensor source: used when its service answers.
 
-Written against jetson-stats 7.2 (../shared/reference/tensorrt-jetson.md, section 6; its
+Written against jetson-stats 7.2 (docs/jetson.md, References; its
 client is checked against the real package in tests). The import is lazy: off a Jetson,
 or without the service, opening raises SensorUnavailable and `open_first` falls back to
 sysfs. The runtime only reads; it never sets nvpmodel (a mode with another core mask

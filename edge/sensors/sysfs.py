@@ -1,7 +1,7 @@
 """Raw sysfs: thermal zones with trip points, INA3221 power rails, batteries, Intel RAPL.
 
 The root is a parameter ("/" on a device), so tests read real board trees built in a
-temp dir. Layouts (../shared/reference/tensorrt-jetson.md, section 7):
+temp dir. Layouts (docs/jetson.md, References):
   thermal   class/thermal/thermal_zone*/{type, temp (m deg C), trip_point_N_{temp,type}}
   INA3221   bus/i2c/devices/*/hwmon/hwmon*/{inN_label, inN_input (mV), currN_input (mA)} (JetPack 5+)
             bus/i2c/devices/*/iio:device*/{rail_name_N, in_powerN_input (mW)}             (JetPack 4)
