@@ -262,7 +262,7 @@ def test_the_loaded_plans_batch_range_is_what_every_plan_takes(built_dir: Path) 
 
 
 def test_the_device_check_compares_in_batches_the_plans_take(built_dir: Path, real_images: np.ndarray) -> None:
-    from edge.device_check import check_batch, compare_segments
+    from engines.device_check import check_batch, compare_segments
 
     class Recording(OnnxRuntimeBackend):  # the device side, recording the batches it is fed
         def __init__(self) -> None:

@@ -1,5 +1,5 @@
 """edge-device-check: on a Jetson (or any NVIDIA GPU with TensorRT), build the plans, check
-them against onnxruntime, profile them, read the sensors, write a report (edge.device_check).
+them against onnxruntime, profile them, read the sensors, write a report (engines.device_check).
 
     edge-device-check --engines runs/quickstart/engines --build [--precision fp16] [--dla-core 0]
 
@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from calibration.data import load_dataset
-from edge.device_check import TOLERANCE, DeviceCheck, run_device_check
+from engines.device_check import TOLERANCE, DeviceCheck, run_device_check
 from tools._cli import run_main
 
 
