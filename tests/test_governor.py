@@ -215,3 +215,124 @@ def test_a_manifest_with_measured_points_gives_the_governor_its_ladder(built_cop
               for p, (cost, acc) in zip(manifest.operating_points, [(3.0, 0.9), (1.0, 0.8), (2.0, 0.85)])]
     save_manifest(dataclasses.replace(manifest, operating_points=points), built_copy / "manifest.json")
     assert [r.point for r in ladder(load_manifest(built_copy))] == ["full", "late", "eager"]
+
+
+# --- what each decision says, and the edges of every rule ------------------------------------------
+
+def test_a_decision_records_the_reading_the_feedback_and_why() -> None:
+    g, applied = governor(min_dwell_s=5.0)
+    d = g.tick(10.0, reading(10.0, 50.0, power_mw=5000.0, battery_percent=80.0, charging=True), latency_ms=1.5)
+    assert (d.time, d.point, d.level, d.switched, d.forced, d.sensor_ok) == (10.0, "accurate", 0, False, False, True)
+    assert (d.temperature_c, d.power_mw, d.battery_percent, d.latency_ms) == (50.0, 5000.0, 80.0, 1.5)
+    assert d.reason == "holding: within every limit" and applied == ["accurate"]
+    lost = g.tick(11.0, None)
+    assert lost.reason == "sensor lost: no reading" and lost.temperature_c is None and lost.forced
+    again = g.tick(12.0, None)  # already at the last level: a limit, but no switch
+    assert again.level == 4 and not again.switched and not again.forced
+    both = governor(min_dwell_s=5.0)[0].tick(0, reading(0, 93.0, battery_percent=5.0, charging=False))
+    assert both.reason == "down: 93.0 C (soft 80, hard 92); battery 5% discharging"
+
+
+def test_limits_read_the_counted_zones_trip_points_and_settle_when_they_cross() -> None:
+    trips = {"tj": {"passive": 85.0, "critical": 100.0}, "cpu": {"passive": 70.0, "hot": 90.0}}
+    at = Reading(0, "x", {"tj": 50.0, "cpu": 50.0}, trips)
+    assert governor(zones=("tj",))[0].limits(at) == (85.0, 100.0)
+    assert governor()[0].limits(at) == (70.0, 90.0)
+    assert governor(hard_limit_c=95.0)[0].limits(at) == (70.0, 95.0)
+    crossed = Reading(0, "x", {"tj": 50.0}, {"tj": {"passive": 96.0, "hot": 92.0}})
+    assert governor(hysteresis_c=3.0)[0].limits(crossed) == (89.0, 92.0)  # soft a hysteresis under hard
+    assert governor(hysteresis_c=0.5)[0].limits(crossed) == (91.0, 92.0)  # at least one degree
+    equal = Reading(0, "x", {"tj": 50.0}, {"tj": {"passive": 92.0, "hot": 92.0}})
+    assert governor(hysteresis_c=3.0)[0].limits(equal) == (89.0, 92.0)
+
+
+def test_policy_checks_name_the_field_at_their_exact_edges(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match=r"^soft_limit_c \(90.0\) must be below hard_limit_c \(90.0\)$"):
+        Policy(soft_limit_c=90.0, hard_limit_c=90.0)
+    assert Policy(battery_lowest_pct=15.0, battery_saver_pct=15.0).battery_lowest_pct == 15.0
+    with pytest.raises(PolicyError, match=r"^battery_lowest_pct must not be above battery_saver_pct$"):
+        Policy(battery_lowest_pct=16.0, battery_saver_pct=15.0)
+    with pytest.raises(PolicyError, match=r"^min_dwell_s must not be negative$"):
+        Policy(min_dwell_s=-1.0)
+    with pytest.raises(PolicyError, match=r"cannot read the policy \(No such file or directory\)$"):
+        load_policy(tmp_path / "missing.json")
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(PolicyError, match=r"list.json: a policy is a JSON object$"):
+        load_policy(tmp_path / "list.json")
+    with pytest.raises(ManifestError, match=r"^the governor needs at least one operating point$"):
+        Governor([], Policy())
+
+
+def test_the_decision_history_is_bounded_and_the_state_shows_the_last_twenty() -> None:
+    g = Governor(RUNGS, Policy(), history=3)
+    for t in range(5):
+        g.tick(t, reading(t))
+    assert [d.time for d in g.decisions] == [2, 3, 4]
+    g, _ = governor()
+    for t in range(1001):
+        g.tick(t, reading(t))
+    assert len(g.decisions) == 1000
+    state = g.state()
+    assert len(state["decisions"]) == 20 and state["decisions"][-1]["time"] == 1000
+    assert state["policy"]["min_dwell_s"] == 5.0 and state["ladder"][0]["point"] == "accurate"
+
+
+def test_a_reading_is_stale_only_past_the_limit_and_a_field_once_seen_stays_required() -> None:
+    g, _ = governor(stale_after_s=3.0)
+    assert g.tick(10.0, reading(7.0)).sensor_ok  # exactly 3 s old: still fresh
+    g, _ = governor(min_dwell_s=0.0)
+    assert g.tick(0, reading(0, power_mw=5000.0)).sensor_ok
+    for t in (1, 2):  # power is not in the policy, but it was there: gone is a problem, tick after tick
+        gone = g.tick(t, reading(t))
+        assert not gone.sensor_ok and gone.reason == "reading lacks power"
+    fresh, _ = governor()
+    assert fresh.tick(0, Reading(0, "x", {}, TRIPS)).reason == "reading lacks temperature"
+    seen, _ = governor()
+    seen.tick(0, reading(0, power_mw=1.0, battery_percent=50.0, charging=True))
+    assert seen.tick(1, Reading(1, "x", {"tj": 50.0}, TRIPS)).reason == "reading lacks battery, power"
+
+
+def test_the_thermal_levels_at_the_limits_and_on_short_ladders() -> None:
+    g, _ = governor()
+    assert g.tick(0, reading(0, 92.0)).level == 4  # at the hard limit: the last level
+    two = Governor(RUNGS[:2], Policy())
+    assert two.tick(0, reading(0, 85.0)).level == 1
+    three = Governor(RUNGS[:3], Policy())
+    assert three.tick(0, reading(0, 87.0)).level == 1  # one inner level spans soft .. hard
+
+
+def test_battery_levels_at_their_thresholds_and_relaxing_a_point_above_them() -> None:
+    g, _ = governor(battery_saver_pct=20.0, battery_lowest_pct=10.0, min_dwell_s=0.0)
+    assert g.tick(0, reading(0, battery_percent=10.0, charging=False)).level == g.saver_level  # at lowest: saver, not last
+    assert g.tick(1, reading(1, battery_percent=20.0, charging=False)).level == g.saver_level  # at saver: hold (1 point margin)
+    assert g.tick(2, reading(2, battery_percent=20.5, charging=False)).level == g.saver_level
+    up = g.tick(3, reading(3, battery_percent=21.5, charging=False))
+    assert up.level == g.saver_level - 1 and up.switched and not up.forced  # relaxing is never forced
+    at_saver, _ = governor(battery_saver_pct=20.0)
+    assert at_saver.tick(0, reading(0, battery_percent=20.0, charging=False)).level == 0  # exactly at the saver threshold: not below it
+
+
+def test_feedback_rules_at_their_edges_and_without_their_policy() -> None:
+    g, _ = governor(power_budget_mw=4000.0, power_margin=0.1, min_dwell_s=5.0)
+    assert g.tick(0, reading(0, power_mw=4000.0)).level == 0  # at the budget: nothing to do
+    over = g.tick(1, reading(1, power_mw=5000.0))
+    assert over.level == 1 and not over.forced and over.reason == "down one level: power 5000 mW over the 4000 mW budget"
+    held = g.tick(2, reading(2, power_mw=5000.0))  # feedback waits for the dwell
+    assert held.level == 1 and held.reason.startswith("holding: power 5000 mW over")
+    assert g.tick(6, reading(6, power_mw=3600.0)).level == 0  # exactly budget x (1 - margin): not near, relax (5 s dwelt)
+    near = governor(power_budget_mw=4000.0, power_margin=0.1)[0]
+    assert near.tick(0, reading(0, power_mw=3900.0)).level == 0  # near the budget at level 0: nothing forced
+    assert governor()[0].tick(0, reading(0, power_mw=9000.0)).level == 0  # no budget: power asks nothing
+    assert governor()[0].tick(0, reading(0), latency_ms=99.0).level == 0  # no objective: latency asks nothing
+    latency, _ = governor(latency_objective_ms=2.0, min_dwell_s=0.0)
+    assert latency.tick(0, reading(0), latency_ms=2.0).level == 0  # at the objective
+    slow = latency.tick(1, reading(1), latency_ms=2.5)
+    assert slow.reason == "down one level: latency 2.500 ms over the 2 ms objective"
+    # at level 1 (careful, 3 ms): accurate (4 ms) predicted 1.4 x 4/3 = 1.87 > 2.0 x 0.9: hold
+    assert latency.tick(2, reading(2), latency_ms=1.4).level == 1
+
+
+def test_the_dwell_ends_exactly_at_its_length() -> None:
+    g, _ = governor(latency_objective_ms=2.5, min_dwell_s=5.0)
+    assert g.tick(0, reading(0), latency_ms=3.9).level == 1
+    assert g.tick(5, reading(5), latency_ms=3.9).level == 2

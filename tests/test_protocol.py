@@ -35,7 +35,7 @@ def test_two_binary_inputs_each_read_their_own_bytes() -> None:
 def test_a_binary_size_that_does_not_match_the_shape_is_refused(declared: int) -> None:
     images = np.zeros((2, 3), dtype=np.float32)  # 24 bytes
     body, length = binary_body([("images", images, declared)])
-    with pytest.raises(ProtocolError, match=f"binary_data_size {declared} but shape \\[2, 3\\] of FP32 needs 24 bytes"):
+    with pytest.raises(ProtocolError, match=f"^input 'images': binary_data_size {declared} but shape \\[2, 3\\] of FP32 needs 24 bytes$"):
         parse_request(body, length)
 
 
@@ -65,10 +65,10 @@ def test_a_request_asks_for_a_point_or_a_budget_and_its_timeout_is_read_in_secon
     request = parse_request(json_body({"latency_budget_ms": 3, "timeout": "soon"}), None)
     assert (request.operating_point, request.latency_budget_ms, request.timeout_s) == (None, 3.0, None)
     for parameters, message in [
-        ({"operating_point": "eager", "latency_budget_ms": 3}, "not both"),
-        ({"operating_point": 7}, "must be a string"),
-        ({"latency_budget_ms": True}, "positive number"),
-        ({"latency_budget_ms": 0}, "positive number"),
+        ({"operating_point": "eager", "latency_budget_ms": 3}, r"^ask for an operating_point or a latency_budget_ms, not both$"),
+        ({"operating_point": 7}, r"^parameters.operating_point must be a string$"),
+        ({"latency_budget_ms": True}, r"^parameters.latency_budget_ms must be a positive number$"),
+        ({"latency_budget_ms": 0}, r"^parameters.latency_budget_ms must be a positive number$"),
     ]:
         with pytest.raises(ProtocolError, match=message):
             parse_request(json_body(parameters), None)
@@ -88,3 +88,113 @@ def test_each_failure_answers_its_own_status() -> None:
     assert error_status(ModelUnavailable("gone"))[:2] == (HTTPStatus.SERVICE_UNAVAILABLE, "gone")
     assert error_status(RequestTimeout("late"))[:2] == (HTTPStatus.GATEWAY_TIMEOUT, "timed out: late")
     assert error_status(RuntimeError("engine"))[:2] == (HTTPStatus.INTERNAL_SERVER_ERROR, "inference failed: engine")
+
+
+def doc_body(doc: object) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def one_input(**spec: object) -> bytes:
+    return doc_body({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [0.0, 1.0]} | spec]})
+
+
+@pytest.mark.parametrize(("body", "header", "message", "status"), [
+    (b"{not json", None, r"^request body is not valid JSON \(", 400),
+    (b"\xff\xfe", None, r"^request body is not valid JSON \(", 400),
+    (b"[" * 100_000 + b"]" * 100_000, None, r"^request body nests too deeply$", 400),
+    (b"[1, 2]", None, r"^request body must be a JSON object$", 400),
+    (doc_body({}), None, r"^request needs 'inputs', a non-empty list$", 400),
+    (doc_body({"inputs": []}), None, r"^request needs 'inputs', a non-empty list$", 400),
+    (doc_body({"inputs": [1]}), None, r"^'inputs\[\]' must be a JSON object$", 400),
+    (one_input(name=None), None, r"^every input needs a 'name'$", 400),
+    (one_input(shape=[2, -1]), None, r"^input 'x': 'shape' must be a list of non-negative integers$", 400),
+    (one_input(shape=[True]), None, r"^input 'x': 'shape' must be a list of non-negative integers$", 400),
+    (one_input(shape="2"), None, r"^input 'x': 'shape' must be a list of non-negative integers$", 400),
+    (one_input(datatype="STRING"), None, r"^input 'x': datatype 'STRING' is not supported; use one of \['FP16', ", 400),
+    (one_input(shape=[2**31, 2**31]), None, r"^input 'x': shape \[2147483648, 2147483648\] has 4611686018427387904 elements, more than 268435456$", 400),
+    (one_input(data=[1.0]), None, r"^input 'x': 1 values for shape \[2\] \(2 needed\)$", 400),
+    (one_input(data=["a", "b"]), None, r"^input 'x': 'data' is not a list of FP32 numbers$", 400),
+    (one_input(data=None), None, r"^input 'x' has neither 'data' nor parameters.binary_data_size$", 400),
+    (one_input(parameters=[]), None, r"^'inputs\[x\].parameters' must be a JSON object$", 400),
+    (doc_body({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}] * 2}), None, r"^input 'x' given twice$", 400),
+    (doc_body({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}], "parameters": []}), None, r"^'parameters' must be a JSON object$", 400),
+    (one_input(), "x", r"^Inference-Header-Content-Length must be an integer, got 'x'$", 400),
+    (one_input(), "1", r"^request body is not valid JSON \(", 400),  # one byte of header: never an object
+    (one_input(shape=[2**28], data=None), None, r"^input 'x' has neither 'data' nor parameters.binary_data_size$", 400),  # at the element limit
+    (one_input(), "0", r"^Inference-Header-Content-Length 0 does not fit the \d+-byte body$", 400),
+    (one_input(), "99999", r"^Inference-Header-Content-Length 99999 does not fit the \d+-byte body$", 400),
+])
+def test_each_malformed_request_is_refused_with_its_own_message(body: bytes, header: str | None, message: str, status: int) -> None:
+    with pytest.raises(ProtocolError, match=message) as error:
+        parse_request(body, header)
+    assert error.value.status == status
+
+
+def outputs_body(outputs: object, **parameters: object) -> bytes:
+    return doc_body({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}], "outputs": outputs, "parameters": parameters})
+
+
+def test_requested_outputs_and_which_come_back_binary() -> None:
+    request = parse_request(outputs_body([{"name": "prediction"}, {"name": "probabilities", "parameters": {"binary_data": True}}]), None)
+    assert (request.outputs, request.binary) == (["prediction", "probabilities"], {"probabilities"})
+    request = parse_request(outputs_body([{"name": "exit", "parameters": {"binary_data": False}}, {"name": "prediction"}], binary_data_output=True), None)
+    assert (request.outputs, request.binary) == (["exit", "prediction"], {"prediction"})
+    unnamed = parse_request(doc_body({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}], "parameters": {"binary_data_output": True}}), None)
+    assert (unnamed.outputs, unnamed.binary) == (None, {"*"})
+    plain = parse_request(doc_body({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}], "id": 7}), None)
+    assert (plain.outputs, plain.binary, plain.id, plain.parameters) == (None, set(), "7", {})
+    for outputs, message in [
+        ({"name": "exit"}, r"^'outputs' must be a list$"),
+        ([3], r"^'outputs\[\]' must be a JSON object$"),
+        ([{"parameters": {}}], r"^every requested output needs a 'name'$"),
+        ([{"name": "exit", "parameters": 1}], r"^'outputs\[exit\].parameters' must be a JSON object$"),
+        ([{"name": "probabilities", "parameters": {"class_count": 3}}], r"^output 'probabilities': class_count \(top-k classification\) is not supported; read 'probabilities'$"),
+    ]:
+        with pytest.raises(ProtocolError, match=message):
+            parse_request(outputs_body(outputs), None)
+
+
+def test_a_response_carries_json_and_binary_outputs_as_asked() -> None:
+    from edge.daemon.protocol import encode_response, error_body
+
+    outputs = {"probabilities": np.array([[0.25, 0.75]], dtype=np.float32), "prediction": np.array([1], dtype=np.int64)}
+    body, length = encode_response("m", "r1", outputs, {"probabilities"}, {"operating_point": "full"})
+    assert length is not None
+    head = json.loads(body[:length])
+    assert head["model_name"] == "m" and head["model_version"] == "1" and head["id"] == "r1" and head["parameters"] == {"operating_point": "full"}
+    probabilities, prediction = head["outputs"]
+    assert probabilities == {"name": "probabilities", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}
+    assert prediction == {"name": "prediction", "datatype": "INT64", "shape": [1], "data": [1]}
+    assert np.array_equal(np.frombuffer(body[length:], dtype="<f4"), [0.25, 0.75])
+    body, length = encode_response("m", None, outputs, set(), {})
+    assert length is None and "id" not in json.loads(body)
+    everything, length = encode_response("m", None, outputs, {"*"}, {})
+    assert length is not None and len(everything) - length == 8 + 8
+    assert json.loads(error_body("bad")) == {"error": "bad"}
+
+
+def test_edges_of_a_well_formed_request() -> None:
+    body = json_body({"latency_budget_ms": 0.5, "timeout": 0.5})
+    request = parse_request(body, str(len(body)))  # a header length of the whole body: all JSON, no binary part
+    assert (request.latency_budget_ms, request.timeout_s, request.id) == (0.5, 0.5e-6, None)
+    empty = parse_request(doc_body({"inputs": [{"name": "x", "shape": [0, 3], "datatype": "FP32", "data": []}]}), None)
+    assert empty.inputs["x"].shape == (0, 3)
+    column = parse_request(doc_body({"inputs": [{"name": "x", "shape": [2, 1], "datatype": "INT64", "data": [4, 5]}]}), None)
+    assert column.inputs["x"].shape == (2, 1) and column.inputs["x"].dtype == np.int64
+    images = np.arange(4, dtype=np.float32)
+    binary, length = binary_body([("x", images, 16)])
+    parsed = parse_request(binary, length).inputs["x"]
+    parsed[0] = 7.0  # the request's own copy, writable, not a view of the body
+    assert parsed.flags.writeable and parsed[0] == 7.0
+
+
+def test_binary_data_that_is_short_or_left_over_is_refused_with_the_counts() -> None:
+    images = np.zeros((4,), dtype=np.float32)
+    body, length = binary_body([("x", images, 16)])
+    with pytest.raises(ProtocolError, match=r"^input 'x': binary data ends after 12 of its 16 bytes$"):
+        parse_request(body[:-4], length)
+    two, length2 = binary_body([("x", images, 16), ("y", images, 16)])
+    with pytest.raises(ProtocolError, match=r"^input 'y': binary data ends after 4 of its 16 bytes$"):
+        parse_request(two[:-12], length2)
+    with pytest.raises(ProtocolError, match=r"^binary data is 20 bytes but the inputs' binary_data_size add up to 16$"):
+        parse_request(body + b"xxxx", length)
