@@ -20,6 +20,7 @@ import itertools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -238,3 +239,14 @@ def _make_skip_aware(module: nn.Module) -> None:
             setattr(module, name, SkipAwareBatchNorm2d(child))
         else:
             _make_skip_aware(child)
+
+
+def adaptive_depth_summary(backbone: BlockBackbone) -> dict[str, Any]:
+    """The stages adaptive depth would use and what each can skip, or why it does not
+    apply (`{"refused": reason}`); the backbone itself is left as it is."""
+    try:
+        adaptive = make_adaptive(copy.deepcopy(backbone))  # it makes the BNs it regroups skip-aware
+    except AdaptiveDepthError as exc:
+        return {"refused": str(exc)}
+    return {"stages": adaptive.block_names, "skippable": adaptive.skippable}
+

@@ -12,7 +12,7 @@ import torch
 
 from edge.manifest import OperatingPoint, load_manifest
 from edge.runtime import Runtime
-from engines.adaptive import AdaptiveBackbone, AdaptiveDepthError, SkipAwareBatchNorm2d, depth_stages, make_adaptive
+from engines.adaptive import AdaptiveBackbone, AdaptiveDepthError, SkipAwareBatchNorm2d, adaptive_depth_summary, depth_stages, make_adaptive
 from engines.backbone import Normalize
 from engines.build import BuildOptions, build_engines
 from engines.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
@@ -71,7 +71,7 @@ def test_a_network_without_residual_stages_is_refused_with_the_reason() -> None:
     backbone = build_backbone("torchvision:mobilenet_v2", 10, SHAPE, {})
     with pytest.raises(AdaptiveDepthError, match=r"features ends in features\.18, which changes the feature shape"):
         make_adaptive(backbone)
-    assert "features.18" in intake.adaptive_depth(backbone)["refused"]  # what edge-intake prints
+    assert "features.18" in adaptive_depth_summary(backbone)["refused"]  # what edge-intake prints
 
 
 def test_skipping_a_block_without_an_identity_path_is_refused() -> None:

@@ -8,7 +8,6 @@ propose split points, and check a cut (the chained segments against the network)
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import nn
 
 from edge.atomic import atomic_path
 from edge.errors import UserError
-from engines.adaptive import AdaptiveDepthError, make_adaptive
+from engines.adaptive import adaptive_depth_summary
 from engines.backbone import BlockBackbone
 from engines.intake.check import TOLERANCE, check_chain
 from engines.intake.cuts import CutPoint, measure_cut_points, propose_splits
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(points))
     proposed = propose_splits(points, args.propose)
     print(f"proposed split points (even shares of the measured latency): {','.join(proposed)}")
-    depth = adaptive_depth(backbone)
+    depth = adaptive_depth_summary(backbone)
     print(f"adaptive depth: {_depth_line(depth)}")
     if splits:
         _check(args, network, backbone, splits)
@@ -66,15 +65,6 @@ def _table(points: list[CutPoint]) -> str:
     for p in points:
         rows.append(f"{p.index:>3}  {p.name:<36} {'x'.join(map(str, p.shape)):<18} {p.prefix_ms:>9.3f} {p.prefix_share:>6.1%}  {', '.join(p.aliases)}")
     return "\n".join(rows)
-
-
-def adaptive_depth(backbone: BlockBackbone) -> dict[str, Any]:
-    """The stages adaptive depth would use and what each can skip, or why it does not apply."""
-    try:
-        adaptive = make_adaptive(copy.deepcopy(backbone))  # it makes the BNs it regroups skip-aware
-    except AdaptiveDepthError as exc:
-        return {"refused": str(exc)}
-    return {"stages": adaptive.block_names, "skippable": adaptive.skippable}
 
 
 def _depth_line(depth: dict[str, Any]) -> str:
