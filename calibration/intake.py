@@ -4,16 +4,23 @@ timed against the static model at batch 1 through the real runtime, interleaved.
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from calibration.data import Dataset
 from calibration.evaluate import StaticModel, measure_interleaved, runtime_config
+from calibration.plots.intake import plot_chain_costs
+from calibration.train import set_threads
+from edge.atomic import atomic_path
 from edge.errors import UserError
 from edge.runtime import Runtime
 from engines.build import BuildOptions, build_engines
@@ -88,3 +95,72 @@ def measure_entry(entry: IntakeEntry, out_dir: Path, images: int = 300, seed: in
         "chain_over_static": measured["chain"].mean_ms / measured["static"].mean_ms,
         "blocks": len(backbone.blocks), "seconds": time.perf_counter() - started,
     }
+
+
+# --- the benchmark over the list (edge-intake-bench) ---------------------------------------
+
+SMALL = (3, 64, 64)
+LARGE = (3, 224, 224)
+ENTRIES = [
+    IntakeEntry("torchvision:resnet50", LARGE),
+    IntakeEntry("torchvision:mobilenet_v3_large", LARGE),
+    # The same cuts through the zoo's hand-cut networks and through tracing: the mechanism's own cost.
+    IntakeEntry("tv_resnet18", LARGE, splits=("layer1", "layer2", "layer3")),
+    IntakeEntry("torchvision:resnet18", LARGE, splits=("layer1", "layer2", "layer3")),
+    IntakeEntry("tv_mobilenet_v2", LARGE, splits=("stage2", "stage4", "stage5")),
+    IntakeEntry("torchvision:mobilenet_v2", LARGE, splits=("features.3", "features.10", "features.13")),
+    *(IntakeEntry(f"torchvision:{name}", SMALL) for name in (
+        "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2", "mobilenet_v3_large",
+        "efficientnet_b0", "efficientnet_v2_s", "regnet_y_400mf", "convnext_tiny", "shufflenet_v2_x1_0",
+        "mnasnet1_0", "densenet121", "vgg11_bn", "swin_t")),
+    IntakeEntry("torchvision:vit_b_16", SMALL, {"image_size": 64}),
+    IntakeEntry("timm:resnet18", SMALL),
+    IntakeEntry("timm:efficientnet_b0", SMALL),
+    IntakeEntry("timm:deit_tiny_patch16_224", SMALL, {"img_size": 64}),
+    IntakeEntry("module:tests.user_nets:TinyResNet", SMALL),
+]
+
+
+
+def run_intake_bench(out: Path, only: Sequence[str] = (), images: int = 300, resume: bool = False, plot: Path | None = None) -> list[dict[str, Any]]:
+    """Every listed architecture (or those whose source contains one of `only`) traced, cut,
+    checked and timed; results written to `out` after each one, and the bar chart."""
+    set_threads()
+    wanted = [w for w in only if w]
+    entries = [e for e in ENTRIES if not wanted or any(w in e.source for w in wanted)]
+    results: list[dict[str, Any]] = json.loads(out.read_text()) if resume and out.is_file() else []
+    done = {(r["source"], tuple(r["input_shape"])) for r in results}
+    entries = [e for e in entries if (e.source, e.input_shape) not in done]
+    for entry in tqdm(entries, desc="architectures"):
+        with tempfile.TemporaryDirectory(prefix="edge-intake-") as tmp:
+            record = measure_entry(entry, Path(tmp), images)
+        results.append(record)
+        print(_line(record), flush=True)
+        _write(results, out)  # after every entry: a long run keeps what it measured
+    _write(results, out)
+    picture = plot or out.with_suffix(".png")
+    plot_chain_costs(results, picture)
+    print(f"{len(results)} architectures -> {out}, {picture}")
+    return results
+
+
+
+def _write(results: list[dict[str, Any]], path: Path) -> None:
+    results.sort(key=_position)  # a resumed run still reads in the list's order
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _position(record: dict[str, Any]) -> int:
+    keys = [(e.source, e.input_shape) for e in ENTRIES]
+    key = (record["source"], tuple(record["input_shape"]))
+    return keys.index(key) if key in keys else len(keys)
+
+
+def _line(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"{r['source']}: cannot be cut: {r['error']}"
+    shape = "x".join(map(str, r["input_shape"]))
+    return (f"{r['source']} {shape}: {r['num_segments']} segments at {','.join(r['cut_points'])}; diff torch {r['max_abs_diff_torch']:.1g} "
+            f"onnx {r['max_abs_diff_onnx']:.1g}; static {r['static_ms']:.2f} ms, chain {r['chain_full_depth_ms']:.2f} ms "
+            f"({r['chain_over_static']:.3f}x)")

@@ -1,38 +1,18 @@
-"""bench-server: edged against the same runtime called in-process.
+"""edge-bench-server: edged against the same runtime called in-process (calibration.bench.server).
 
     edge-bench-server --engines runs/quickstart/engines --out runs/bench-server
-
-Starts edged as its own process (so client and server do not share one interpreter),
-then at concurrency 1, 8 and 32 sends batch-1 requests with tritonclient (binary
-tensors) and records each request's wall time; the same images go through
-`Runtime.infer` in this process at concurrency 1. Reports throughput and p50/p99, and
-the server's overhead per request at concurrency 1 (median server time minus median
-in-process time). Writes bench_server.json and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from calibration.data import load_dataset
-from edge.atomic import write_json_atomic
-from edge.errors import UserError
-from edge.runtime import Runtime
+from calibration.bench.server import ServerBench, bench_server
 from tools._cli import run_main
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="edge-bench-server", description=__doc__.splitlines()[0])
     p.add_argument("--engines", type=Path, default=Path("runs/quickstart/engines"))
     p.add_argument("--data", default="fashion-mnist")
@@ -40,111 +20,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=2000, help="per concurrency level")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--max-batch", type=int, default=16)
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import tritonclient.http as triton
-
-    args = parse_args(argv)
-    runtime = Runtime(args.engines)
-    data = load_dataset(args.data, "test")
-    if tuple(data.input_shape) != tuple(runtime.manifest.input.shape[1:]):
-        raise UserError(f"{args.data} images are {data.input_shape}, the engines take {tuple(runtime.manifest.input.shape[1:])}")
-    images = np.ascontiguousarray(data.images[: args.requests], dtype=np.float32)
-    in_process = time_in_process(runtime, images)
-    input_name = runtime.manifest.input.name
-    runtime.close()
-    server, url, model = start_server(args)
-    try:
-        results = {"in_process": in_process}
-        for level in (int(c) for c in args.concurrency.split(",")):
-            results[f"server_c{level}"] = time_server(triton, url, model, input_name, images, level)
-    finally:
-        server.terminate()
-        server.wait(60)
-    report = {
-        "engines": str(args.engines), "requests": len(images), "batch": 1, "max_batch": args.max_batch,
-        "results": results,
-        "overhead_ms_c1": results["server_c1"]["p50_ms"] - in_process["p50_ms"] if "server_c1" in results else None,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "bench_server.json", report)
-    print(f"\n== edged vs in-process ({len(images)} batch-1 requests each)")
-    for name, r in results.items():
-        print(f"  {name:>12}  {r['throughput']:8.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms")
-    if report["overhead_ms_c1"] is not None:
-        print(f"server overhead per request at concurrency 1 (p50): {report['overhead_ms_c1']:.3f} ms")
-    print(f"wrote {args.out / 'bench_server.json'}")
+    a = p.parse_args(argv)
+    concurrency = tuple(int(c) for c in a.concurrency.split(","))
+    bench_server(ServerBench(a.engines, a.out, a.data, a.requests, concurrency, a.max_batch))
     return 0
-
-
-def summary(latencies_s: list[float], wall_s: float) -> dict[str, float]:
-    ms = np.asarray(latencies_s) * 1e3
-    return {"throughput": len(ms) / wall_s, "mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
-
-
-def time_in_process(runtime: Runtime, images: np.ndarray) -> dict[str, float]:
-    for i in range(50):
-        runtime.infer(images[i : i + 1])
-    latencies = []
-    start = time.perf_counter()
-    for i in range(len(images)):
-        t = time.perf_counter()
-        runtime.infer(images[i : i + 1])
-        latencies.append(time.perf_counter() - t)
-    return summary(latencies, time.perf_counter() - start)
-
-
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str, str]:
-    config = {"model_repository": str(args.engines.resolve()), "port": 0, "sensors": "none", "max_batch": args.max_batch,
-              "queue_size": 1024, "log_format": "json"}
-    config_file = Path(tempfile.mkdtemp()) / "edged.json"
-    config_file.write_text(json.dumps(config))
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    process = subprocess.Popen([sys.executable, "-m", "edge.daemon.main", "--config", str(config_file)], env=env, stderr=subprocess.PIPE, text=True)
-    assert process.stderr is not None
-    for line in process.stderr:
-        entry = json.loads(line)
-        if entry["message"].startswith("serving"):
-            model = entry["message"].split("'")[1]
-            return process, entry["message"].rsplit("//", 1)[1], model
-    raise UserError(f"edged did not start (exit code {process.wait()})")
-
-
-def time_server(triton: Any, url: str, model: str, input_name: str, images: np.ndarray, concurrency: int) -> dict[str, float]:
-    """Each worker thread makes its own client (tritonclient's gevent connections are per thread)."""
-    shape = [1, *images.shape[1:]]
-
-    def one(client: Any, i: int) -> float:
-        tensor = triton.InferInput(input_name, shape, "FP32")
-        tensor.set_data_from_numpy(images[i : i + 1])
-        t = time.perf_counter()
-        client.infer(model, [tensor], outputs=[triton.InferRequestedOutput("prediction")])
-        return time.perf_counter() - t
-
-    def worker(k: int) -> list[float]:
-        client = triton.InferenceServerClient(url, network_timeout=60)
-        one(client, k)  # connect before the clock starts
-        return [one(client, i) for i in range(k, len(images), concurrency)]
-
-    def warm() -> None:
-        client = triton.InferenceServerClient(url, network_timeout=60)
-        for i in range(min(50, len(images))):
-            one(client, i)
-
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(warm).result()
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        latencies = [t for chunk in pool.map(worker, range(concurrency)) for t in chunk]
-    return summary(latencies, time.perf_counter() - start)
 
 
 def cli() -> int:
     return run_main(main)
-
-
-if __name__ == "__main__":
-    raise SystemExit(cli())
