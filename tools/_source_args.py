@@ -1,4 +1,5 @@
-"""Command-line options that name a network: its source, arguments, weights, input."""
+"""Command-line options the training tools share: the network (its source, arguments,
+weights, input, or a checkpoint to train on from) and the training run."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from calibration.train_jobs import Network, Training
 
 
 def add_source_args(parser: argparse.ArgumentParser, default_source: str | None = None) -> None:
@@ -57,3 +60,24 @@ def floats(text: str) -> list[float]:
         return [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers") from None
+
+
+def add_training_args(parser: argparse.ArgumentParser, epochs: int, lr: float, init_help: str) -> None:
+    """The source, --arch (its zoo-name alias), --init, and the run's own flags."""
+    from engines.registry import list_backbones
+
+    add_source_args(parser, default_source="resnet20")
+    parser.add_argument("--arch", dest="source", help="the same as --source (a zoo name: " + ", ".join(list_backbones()) + ")")
+    parser.add_argument("--init", type=Path, help=init_help)
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--train-samples", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def network_and_training(args: argparse.Namespace) -> tuple[Network, Training]:
+    network = Network(args.source, source_kwargs(args), args.weights, args.input_shape, args.crop, args.init)
+    return network, Training(args.out, args.data, args.epochs, args.train_samples, args.lr, args.batch_size, args.seed)
