@@ -11,7 +11,7 @@ import pytest
 
 from edge.atomic import sha256_file
 from edge.errors import ManifestError
-from edge.manifest import MANIFEST_NAME, SCHEMA_VERSION, load_manifest, save_manifest
+from edge.manifest import MANIFEST_NAME, SCHEMA_VERSION, OperatingPoint, load_manifest, save_manifest
 from tests.helpers import read_manifest_json, write_manifest_json
 
 
@@ -284,3 +284,23 @@ def test_class_count_must_match_engine_outputs(built_copy: Path) -> None:
     write_manifest_json(built_copy, data)
     with pytest.raises(ManifestError, match="classes"):
         load_manifest(built_copy)
+
+
+def test_every_field_set_away_from_its_default_survives_a_save_under_its_documented_key(adaptive_built: Path, tmp_path: Path) -> None:
+    """The round trip above holds default values only; a key written under another name
+    would read back as its default there. Here nothing is at its default."""
+    manifest = load_manifest(adaptive_built)
+    point = OperatingPoint("odd", [0.25, None], criterion="maxprob", depth="TFT", measured={"mean_ms": 1.5, "accuracy": 0.9})
+    tensorrt = {"version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "plans": {}}
+    odd = replace(manifest, operating_points=[*manifest.operating_points, point], tensorrt=tensorrt)
+    save_manifest(odd, tmp_path / MANIFEST_NAME)
+    written = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert written["tensorrt"] == tensorrt
+    last = written["operating_points"][-1]
+    assert {k: last[k] for k in ("name", "thresholds", "criterion", "precision", "depth", "measured")} == {
+        "name": "odd", "thresholds": [0.25, None], "criterion": "maxprob", "precision": "fp32", "depth": "TFT",
+        "measured": {"mean_ms": 1.5, "accuracy": 0.9},
+    }
+    assert [s["base"] for s in written["segments"]] == [s.base for s in manifest.segments]
+    reread = load_manifest(tmp_path, verify_files=False)
+    assert replace(reread, root=manifest.root) == odd
