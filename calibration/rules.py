@@ -153,7 +153,7 @@ def compare_rules(
     cal_logits, test_logits = [calibration[0][r] for r in rows], [test[0][r] for r in rows]
     model, static_ms = costs.latency_model(chosen), costs.static_ms()
     oracle = model.predict(oracle_reach(rule_table("entropy", test_logits, test[1])), [0.0] * len(chosen))
-    logistic = LogisticRule.fit([softmax(z, 1.0) for z in cal_logits])
+    logistic = LogisticRule.fit([softmax(z, 1.0) for z in cal_logits]) if "logistic" in rules else None
     results = []
     for rule in rules:
         cal, judged = (rule_table(rule, z, y, logistic) for z, y in ((cal_logits, calibration[1]), (test_logits, test[1])))

@@ -31,9 +31,6 @@ def parse_args(argv: list[str] | None) -> tuple[DeviceCheck, str]:
 
 def main(argv: list[str] | None = None) -> int:
     check, data = parse_args(argv)
-    from edge.backends.tensorrt_device import device_identity
-
-    device_identity()  # fails first, clearly, where there is no TensorRT or GPU (before the dataset loads)
     report = run_device_check(check, load_dataset(data, "test").images[:8], f"{data} images")
     latency = report["latency_ms"]
     for k, s in enumerate(report["segments"]):

@@ -15,6 +15,7 @@ from calibration.bench.config import BenchConfig
 from calibration.bench.measure import depth_and_exits, measure_model
 from calibration.bench.models import MODELS, model_data, train_adaptive, train_model
 from calibration.bench.report import print_summary, summary_entry
+from calibration.bench.rules import compare_rules
 from calibration.data import load_dataset
 from calibration.plots.bench import plot_bench, plot_depth_frontiers
 from calibration.train import set_threads
@@ -37,8 +38,6 @@ def run_bench(config: BenchConfig) -> dict[str, Any] | None:
     # the 5000 images the quickstart and edge-calibrate hold out too (a fifth of a small dataset)
     train_pool, calibration = train_all.split(min(5000, len(train_all) // 5) / len(train_all), seed=0)
     if config.rules:
-        from calibration.bench.rules import compare_rules
-
         return compare_rules(config, train_pool, calibration, test)
     results: dict[str, Any] = {}
     for name in config.models:
