@@ -17,6 +17,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 from torch import nn
 
 from calibration import gates as gating
@@ -53,6 +54,9 @@ class CalibrationJob:
     profile_calls: int = 400
     int8: bool = True
 
+    def settings(self) -> PointSettings:
+        return PointSettings(CRITERIA, self.budget_ms, self.int8, self.profile_calls)
+
 
 log = logging.getLogger(__name__)
 
@@ -78,31 +82,62 @@ def calibrate(job: CalibrationJob) -> dict[str, Any]:
     t = [row["temperature"] for row in temperatures]
     data = gating.gate_data_from(outputs, t)
     first = build(net, engines, calibration, static_backbone, t, job)
-    gate_result = train_shipped_gates(data, t, profile(Runtime(first), calibration, job)[1].model, job)
+    settings = job.settings()
+    gate_result = train_shipped_gates(data, t, profile(Runtime(first), calibration, settings.profile_calls)[1].model, job)
 
     manifest = build(net, engines, calibration, static_backbone, t, job, gate_result.gates)
+    result = measure_operating_points(manifest, gating.gate_table(gate_result.gates, data, t), calibration, test, settings)
+    report = make_report(str(job.checkpoint), job.data, job.budget_ms, temperatures, gates_summary(gate_result), result, test)
+    write_json_atomic(out / "calibration.json", report)
+    plot_pareto(report, out / "pareto.png")
+    return report
+
+
+@dataclass(frozen=True)
+class PointSettings:
+    """How the operating points are planned and measured."""
+
+    criteria: tuple[str, ...] = CRITERIA
+    budget_ms: float | None = None  # also the most accurate point within this mean batch-1 latency
+    int8: bool = True
+    profile_calls: int = 400
+
+
+@dataclass
+class MeasuredPoints:
+    manifest: Manifest  # with the points written
+    plans: dict[str, Plan]
+    measured: dict[str, Any]
+    profiles: dict[str, dict[int, BatchProfile]]
+    tables: dict[str, ExitTable]
+    int8_timings: dict[str, float]
+
+
+def measure_operating_points(
+    manifest: Manifest, fp32_table: ExitTable, calibration: Dataset, test: Dataset, settings: PointSettings,
+) -> MeasuredPoints:
+    """From built engines and their fp32 exit table on the calibration split: the latency
+    profile, INT8 engines where asked, a plan per criterion and accuracy drop, every point
+    measured on the test split and written into the manifest with the static engine's."""
     runtime = Runtime(manifest)
-    profiles = {"fp32": profile(runtime, calibration, job)}
-    tables = {"fp32": gating.gate_table(gate_result.gates, data, t)}
+    profiles = {"fp32": profile(runtime, calibration, settings.profile_calls)}
+    tables = {"fp32": fp32_table}
     int8_timings: dict[str, float] = {}
-    if job.int8:
-        manifest, int8_timings = fastest_int8(manifest, runtime, calibration.images[:512], job.profile_calls)
+    if settings.int8:
+        manifest, int8_timings = fastest_int8(manifest, runtime, calibration.images[:512], settings.profile_calls)
         runtime = Runtime(manifest)
-        profiles[PRECISION] = profile(runtime, calibration, job, PRECISION)
-        tables[PRECISION] = engine_table(runtime, calibration, PRECISION, list(CRITERIA))
+        profiles[PRECISION] = profile(runtime, calibration, settings.profile_calls, PRECISION)
+        tables[PRECISION] = engine_table(runtime, calibration, PRECISION, list(settings.criteria))
 
     models = {precision: by_batch[1].model for precision, by_batch in profiles.items()}
     # Every precision's drops count from the fp32 final exit: INT8's own loss is part of its drop.
     reference = final_accuracy(tables["fp32"])
     plans: dict[str, Plan] = {}
     for precision, table in tables.items():
-        plans |= plan_points(table, models[precision], job.budget_ms, reference, precision)
+        plans |= plan_points(table, models[precision], settings.budget_ms, reference, precision, settings.criteria)
     measured = measure_points(runtime, manifest, plans, test)
     manifest = write_points(manifest, plans, measured, profiles, models)
-    report = make_report(job, temperatures, gate_result, plans, measured, profiles, manifest, test, tables, int8_timings)
-    write_json_atomic(out / "calibration.json", report)
-    plot_pareto(report, out / "pareto.png")
-    return report
+    return MeasuredPoints(manifest, plans, measured, profiles, tables, int8_timings)
 
 
 def build(
@@ -147,23 +182,29 @@ def load_splits(job: CalibrationJob, input_shape: Sequence[int], classes: Sequen
 
 def fit_temperatures(net: MultiExitNetwork, calibration: gating.ExitOutputs, test: Dataset) -> list[dict[str, float]]:
     """Temperatures fitted on the calibration split's logits; ECE before/after on both splits."""
-    fitted: list[ExitCalibration] = calibrate_exits(calibration.logits, calibration.labels)
-    test_logits = exit_logits(net, test)
+    return temperature_rows(calibration.logits, calibration.labels, exit_logits(net, test), test.labels)
+
+
+def temperature_rows(
+    calibration_logits: list[np.ndarray], calibration_labels: np.ndarray, test_logits: list[np.ndarray], test_labels: np.ndarray,
+) -> list[dict[str, float]]:
+    """Each exit's temperature fitted on the calibration logits; ECE before/after on both splits."""
+    fitted: list[ExitCalibration] = calibrate_exits(calibration_logits, calibration_labels)
     rows = []
     for k, (c, z) in enumerate(zip(fitted, test_logits)):
         rows.append({
             "exit": k, "temperature": c.temperature, "kept_at_one": c.kept_at_one,
             "ece_calibration_before": c.ece_before, "ece_calibration_after": c.ece_after,
-            "ece_test_before": expected_calibration_error(softmax(z), test.labels),
-            "ece_test_after": expected_calibration_error(softmax(z, c.temperature), test.labels),
+            "ece_test_before": expected_calibration_error(softmax(z), test_labels),
+            "ece_test_after": expected_calibration_error(softmax(z, c.temperature), test_labels),
         })
         log.info("exit %d: T=%.3f  ECE test %.4f -> %.4f", k, c.temperature, rows[-1]["ece_test_before"], rows[-1]["ece_test_after"])
     return rows
 
 
-def profile(runtime: Runtime, data: Dataset, job: CalibrationJob, precision: str = "fp32") -> dict[int, BatchProfile]:
+def profile(runtime: Runtime, data: Dataset, calls: int, precision: str = "fp32") -> dict[int, BatchProfile]:
     batches = sorted({1, runtime.manifest.batch.get("max", 1)})
-    return profile_runtime(runtime, data.images[:512], batches, calls=job.profile_calls, precision=precision)
+    return profile_runtime(runtime, data.images[:512], batches, calls=calls, precision=precision)
 
 
 def train_shipped_gates(data: gating.GateData, t: list[float], model: LatencyModel, job: CalibrationJob) -> gating.BudgetResult:
@@ -179,10 +220,13 @@ def final_accuracy(table: ExitTable) -> float:
     return float((table.predictions[-1] == table.labels).mean())
 
 
-def plan_points(table: ExitTable, model: LatencyModel, budget_ms: float | None, reference: float, precision: str = "fp32") -> dict[str, Plan]:
+def plan_points(
+    table: ExitTable, model: LatencyModel, budget_ms: float | None, reference: float, precision: str = "fp32",
+    criteria: Sequence[str] = CRITERIA,
+) -> dict[str, Plan]:
     prefix = "" if precision == "fp32" else f"{precision}-"
     plans: dict[str, Plan] = {}
-    for criterion in CRITERIA:
+    for criterion in criteria:
         for label, drop in DROPS.items():
             target = Target(max_drop=drop / 100, reference_accuracy=reference)
             plans[f"{prefix}{criterion}-{label}"] = search_thresholds(table, criterion, model, target, precision=precision)
@@ -296,11 +340,20 @@ def exits_verdict(report: dict[str, Any]) -> str:
             f"{default['mean_ms']:.3f} ms{beaten}; it is the default point")
 
 
+def gates_summary(gate_result: gating.BudgetResult) -> dict[str, Any]:
+    return {
+        "alpha": gate_result.alpha, "calibration_accuracy": gate_result.accuracy,
+        "predicted_ms": gate_result.predicted_ms, "feasible": gate_result.feasible,
+    }
+
+
 def make_report(
-    job: CalibrationJob, temperatures: list[dict[str, float]], gate_result: gating.BudgetResult, plans: dict[str, Plan],
-    measured: dict[str, Any], profiles: dict[str, dict[int, BatchProfile]], manifest: Manifest, test: Dataset,
-    tables: dict[str, ExitTable], int8_timings: dict[str, float],
+    source: str, data: str, budget_ms: float | None, temperatures: list[dict[str, float]], gates: dict[str, Any] | None,
+    result: MeasuredPoints, test: Dataset,
 ) -> dict[str, Any]:
+    """calibration.json: temperatures, gates (None where none were trained), profiles,
+    every point measured, the default point and the verdict."""
+    manifest, plans, measured, tables = result.manifest, result.plans, result.measured, result.tables
     static = measured.get("static")
     points = []
     for point in manifest.operating_points:
@@ -311,24 +364,21 @@ def make_report(
             row |= {"feasible_on_calibration": plan.feasible, "calibration_predicted_ms": plan.predicted_ms}
         points.append(row)
     report: dict[str, Any] = {
-        "checkpoint": str(job.checkpoint), "data": job.data, "test_samples": len(test), "threads": online_cores(),
+        "checkpoint": source, "data": data, "test_samples": len(test), "threads": online_cores(),
         "temperatures": temperatures,
-        "gates": {
-            "alpha": gate_result.alpha, "calibration_accuracy": gate_result.accuracy,
-            "predicted_ms": gate_result.predicted_ms, "feasible": gate_result.feasible,
-        },
-        "profile": profile_dicts(profiles),
+        "gates": gates,
+        "profile": profile_dicts(result.profiles),
         "calibration_exit_accuracy": {
             precision: [float((p == table.labels).mean()) for p in table.predictions] for precision, table in tables.items()
         },
-        "int8_activation_ms": int8_timings,
+        "int8_activation_ms": result.int8_timings,
         "static": static.to_dict() if static is not None else None,
         "points": points, "default_operating_point": manifest.default_operating_point,
         "manifest": str(manifest.root / MANIFEST_NAME),
     }
     report["verdict"] = exits_verdict(report)
-    if job.budget_ms is not None:
-        report["budget"] = budget_answer(job.budget_ms, points)
+    if budget_ms is not None:
+        report["budget"] = budget_answer(budget_ms, points)
     return report
 
 

@@ -183,7 +183,7 @@ def describe(
 ) -> Manifest:
     backbone = net.backbone
     bases = list(base_graphs) if base_graphs is not None else [None] * len(graphs)
-    segments = [_segment_info(k, g, b) for k, (g, b) in enumerate(zip(graphs, bases))]
+    segments = [segment_info(k, g, b) for k, (g, b) in enumerate(zip(graphs, bases))]
     temps = list(temperatures) if temperatures is not None else [1.0] * net.num_exits
     exits = [ExitInfo(k, name, temperature=float(t)) for k, (name, t) in enumerate(zip(net.exit_names(), temps))]
     points = list(points) or [OperatingPoint("full", [None] * (net.num_exits - 1))]
@@ -204,7 +204,7 @@ def describe(
     )
 
 
-def _segment_info(index: int, graph: ExportedGraph | None, base: ExportedGraph | None = None) -> SegmentInfo:
+def segment_info(index: int, graph: ExportedGraph | None, base: ExportedGraph | None = None) -> SegmentInfo:
     assert graph is not None, "every segment has a full variant"
     names = [o.name for o in graph.outputs]
     return SegmentInfo(

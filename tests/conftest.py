@@ -10,11 +10,18 @@ onnxruntime caveat: once a backend with shared threads exists, the process runs 
 onnxruntime's global thread pool and a session created with default options fails.
 The reference sessions the tests open themselves therefore go through
 `reference_session` (the exporter's own checks use the backend's `open_session`).
+
+Mutation runs (docs/testing.md) set EDGE_TEST_BUILD_CACHE to a folder: the two builds
+are then made once and copied from there in every later session, so a mutant's tests run
+in seconds. The builds' own writing of the manifest is then not under test; the manifest
+tests that save one themselves are.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,7 @@ import pytest
 import torch
 
 from calibration.data import load_digits
+from edge.manifest import MANIFEST_NAME, Manifest, load_manifest
 from engines.adaptive import SkipAwareBatchNorm2d, make_adaptive
 from engines.build import BuildOptions, build_engines
 from engines.partition import MultiExitNetwork
@@ -71,14 +79,27 @@ def net(digits_train) -> MultiExitNetwork:
 
 # --- built artifacts ---------------------------------------------------------------------
 
+def _build_once(out: Path, name: str, build: Callable[[Path], Manifest]) -> Manifest:
+    """Build into `out`, or copy an earlier build from EDGE_TEST_BUILD_CACHE when set."""
+    cache_root = os.environ.get("EDGE_TEST_BUILD_CACHE")
+    if not cache_root:
+        return build(out)
+    cached = Path(cache_root) / name
+    if not (cached / MANIFEST_NAME).is_file():
+        shutil.rmtree(cached, ignore_errors=True)
+        build(cached)
+    shutil.copytree(cached, out, dirs_exist_ok=True)
+    return load_manifest(out)
+
+
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory, net, digits_test):
-    """(manifest returned by build_engines, its folder). Read-only: copy before tampering."""
+def built(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, digits_test):
+    """(the manifest build_engines returned, its folder). Read-only: copy before tampering."""
     out = tmp_path_factory.mktemp("built")
-    manifest = build_engines(
-        net, out, digits_test.classes, digits_test.images[:16], points=POINTS,
+    manifest = _build_once(out, "built", lambda folder: build_engines(
+        request.getfixturevalue("net"), folder, digits_test.classes, digits_test.images[:16], points=POINTS,
         options=BuildOptions(name="digits-resnet8", max_batch=MAX_BATCH),
-    )
+    ))
     return manifest, out
 
 
@@ -173,8 +194,10 @@ def adaptive_net(digits_train) -> MultiExitNetwork:
 
 
 @pytest.fixture(scope="session")
-def adaptive_built(tmp_path_factory: pytest.TempPathFactory, adaptive_net, digits_test) -> Path:
+def adaptive_built(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, digits_test) -> Path:
     out = tmp_path_factory.mktemp("adaptive")
-    build_engines(adaptive_net, out, digits_test.classes, digits_test.images[:16], points=DEPTH_POINTS,
-                  options=BuildOptions(name="digits-adn", max_batch=64))
+    _build_once(out, "adaptive", lambda folder: build_engines(
+        request.getfixturevalue("adaptive_net"), folder, digits_test.classes, digits_test.images[:16],
+        points=DEPTH_POINTS, options=BuildOptions(name="digits-adn", max_batch=64),
+    ))
     return out

@@ -29,7 +29,7 @@ def prune_to_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.Mod
         if needed.intersection(node.output):
             kept.append(node)
             needed.update(name for name in node.input if name)
-            needed.update(_subgraph_inputs(node))
+            needed.update(subgraph_inputs(node))
     kept.reverse()
     pruned = onnx.ModelProto()
     pruned.CopyFrom(model)
@@ -41,14 +41,14 @@ def prune_to_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.Mod
     return pruned
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     """Names a control-flow node's subgraphs read from the enclosing scope."""
     names: set[str] = set()
     for attribute in node.attribute:
         for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
             for inner in sub.node:
                 names.update(inner.input)
-                names.update(_subgraph_inputs(inner))
+                names.update(subgraph_inputs(inner))
     return names
 
 

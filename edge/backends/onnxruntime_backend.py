@@ -166,20 +166,23 @@ class OnnxRuntimeBackend(Backend):
             return compiled.run
         return session.run
 
-    def open_session(self, path: Path, options: Any | None = None) -> Any:
-        """An InferenceSession with this backend's options. Every session in a process that
-        uses the shared pool must be made this way: onnxruntime refuses per-session pools then."""
+    def open_session(self, path: Path | bytes, options: Any | None = None) -> Any:
+        """An InferenceSession with this backend's options, on a file or a serialized model.
+        Every session in a process that uses the shared pool must be made this way:
+        onnxruntime refuses per-session pools then."""
         import onnxruntime as ort
 
         options = options or self.session_options()
         self._check_providers(ort)
+        where = "a serialized model" if isinstance(path, bytes) else str(path)
         try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+            model = path if isinstance(path, bytes) else str(path)
+            session = ort.InferenceSession(model, sess_options=options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise ManifestError(f"{path}: onnxruntime cannot load this engine ({exc})") from exc
+            raise ManifestError(f"{where}: onnxruntime cannot load this engine ({exc})") from exc
         wanted = self.providers[0][0] if isinstance(self.providers[0], tuple) else self.providers[0]
         if session.get_providers()[0] != wanted:  # onnxruntime fell back after the provider failed
-            raise BackendError(f"{path}: {wanted} could not take this engine; onnxruntime would run it on {session.get_providers()}")
+            raise BackendError(f"{where}: {wanted} could not take this engine; onnxruntime would run it on {session.get_providers()}")
         return session
 
     def _check_providers(self, ort: Any) -> None:

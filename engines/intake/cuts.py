@@ -50,7 +50,7 @@ def measure_cut_points(backbone: BlockBackbone, rounds: int = 200, progress: boo
     pieces = _pieces(backbone)
     with tempfile.TemporaryDirectory(prefix="edge-cuts-") as tmp:
         runs = _export_pieces(pieces, backbone.input_shape, Path(tmp), progress)
-        block_ms = _time_interleaved(runs, rounds, progress)
+        block_ms = time_interleaved(runs, rounds, progress)
     total = float(sum(block_ms))
     prefix = np.cumsum(block_ms)
     return [
@@ -65,11 +65,16 @@ def propose_splits(points: Sequence[CutPoint], count: int) -> list[str]:
     are proposed (names no deeper than the median: `features.7`, not the
     `features.7.block.2` inside it)."""
     depth = float(np.median([p.name.count(".") for p in points])) if points else 0.0
-    blocks = [p for p in points if p.prefix_share is not None and p.name.count(".") <= depth]
+    return propose_by_share([p for p in points if p.name.count(".") <= depth], count)
+
+
+def propose_by_share(points: Sequence[CutPoint], count: int) -> list[str]:
+    """`count` of `points` (in order) nearest to even shares of the measured latency."""
+    timed = [p for p in points if p.prefix_share is not None]
     chosen: list[CutPoint] = []
     for k in range(1, count + 1):
         target = k / (count + 1)
-        later = [p for p in blocks if not chosen or p.index > chosen[-1].index]
+        later = [p for p in timed if not chosen or p.index > chosen[-1].index]
         if not later:
             break
         chosen.append(min(later, key=lambda p: abs(p.prefix_share - target)))  # type: ignore[operator]
@@ -96,7 +101,7 @@ def _export_pieces(pieces: list[nn.Module], input_shape: Sequence[int], out_dir:
     return runs
 
 
-def _time_interleaved(runs: list[tuple[Any, str, np.ndarray]], rounds: int, progress: bool) -> list[float]:
+def time_interleaved(runs: list[tuple[Any, str, np.ndarray]], rounds: int, progress: bool) -> list[float]:
     """Median ms per piece; each round runs every piece once, so drift hits all alike."""
     for session, name, x in runs:
         for _ in range(10):
