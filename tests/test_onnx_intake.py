@@ -27,6 +27,8 @@ from engines.onnx_intake.cuts import clean_cuts, resolve_cuts
 from engines.onnx_intake.model import InputOptions, OnnxIntakeError, load_classifier
 from engines.onnx_intake.segments import check_chain, extract_segments
 from tests.helpers import reference_session
+from tools import onnx_exits as onnx_tool
+from tools._cli import run_main
 
 SIZE = 32  # digits, resized: ResNet-18's stem halves the input twice
 
@@ -66,8 +68,9 @@ def nhwc_onnx(resnet_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return path
 
 
-def fixed_batch_cnn(path: Path, opset: int = 13) -> Path:
-    """A small CNN on 1x8x8 images at a fixed batch of 1; its reshape is to (1, -1)."""
+def fixed_batch_cnn(path: Path, opset: int = 13, shape_in_a_constant_node: bool = False) -> Path:
+    """A small CNN on 1x8x8 images at a fixed batch of 1; its reshape is to (1, -1), the
+    target a weight (as the dynamo exporter writes it) or a Constant node (TorchScript's)."""
     rng = np.random.default_rng(0)
 
     def weight(name: str, *shape: int) -> onnx.TensorProto:
@@ -86,7 +89,12 @@ def fixed_batch_cnn(path: Path, opset: int = 13) -> Path:
         helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["scores"], transB=1, name="fc"),
     ]
     weights = [weight("w1", 8, 1, 3, 3), weight("w2", 16, 8, 3, 3), weight("w3", 16, 16, 3, 3), weight("fc_w", 10, 16),
-               numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"), numpy_helper.from_array(np.array([1, -1], np.int64), "flat_shape")]
+               numpy_helper.from_array(np.zeros(10, np.float32), "fc_b")]
+    shape = numpy_helper.from_array(np.array([1, -1], np.int64), "flat_shape")
+    if shape_in_a_constant_node:
+        nodes.insert(8, helper.make_node("Constant", [], ["flat_shape"], value=shape, name="shape"))
+    else:
+        weights.append(shape)
     graph = helper.make_graph(nodes, "fixed", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 8, 8])],
                               [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 10])], weights)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
@@ -117,8 +125,9 @@ def test_a_cut_inside_a_residual_block_is_refused_with_the_tensors_that_cross(tm
     assert [p.name for p in resolve_cuts(clean_cuts(classifier), ["relu3", "relu1"], classifier)] == ["r1", "r3"]  # node names, in graph order
 
 
-def test_a_fixed_batch_with_a_reshape_that_spells_it_becomes_dynamic(tmp_path: Path) -> None:
-    path = fixed_batch_cnn(tmp_path / "cnn.onnx")
+@pytest.mark.parametrize("in_a_constant_node", [False, True])
+def test_a_fixed_batch_with_a_reshape_that_spells_it_becomes_dynamic(tmp_path: Path, in_a_constant_node: bool) -> None:
+    path = fixed_batch_cnn(tmp_path / "cnn.onnx", shape_in_a_constant_node=in_a_constant_node)
     classifier = load_classifier(path)
     assert classifier.fixed_batch == 1 and classifier.input_shape == (1, 8, 8) and classifier.num_classes == 10
     x = np.random.default_rng(2).random((5, 1, 8, 8), dtype=np.float32)
@@ -160,6 +169,7 @@ def test_normalization_given_as_options_is_applied_in_the_graph(tmp_path: Path) 
     ("feature_map_output", r"output 'r3' has shape \[1, 16, 4, 4\] at batch 1; a classifier outputs \(batch, classes\)"),
     ("two_inputs", "the model takes 2 inputs"),
     ("old_opset", "opset 9; the intake needs opset 11 or newer"),
+    ("batch_in_a_reshape", "does not run with its fixed batch 1 made dynamic"),
 ])
 def test_a_model_that_cannot_be_taken_in_gets_a_one_line_reason(tmp_path: Path, change: str, message: str) -> None:
     path = fixed_batch_cnn(tmp_path / "cnn.onnx", opset=9 if change == "old_opset" else 13)
@@ -172,6 +182,12 @@ def test_a_model_that_cannot_be_taken_in_gets_a_one_line_reason(tmp_path: Path, 
     elif change == "feature_map_output":
         del model.graph.output[:]
         model.graph.output.append(helper.make_tensor_value_info("r3", TensorProto.FLOAT, None))
+        onnx.save(model, str(path))
+    elif change == "batch_in_a_reshape":  # (1, 16, 1, 1) -> (16, 1) -> transposed: batch 2 cannot be reshaped so
+        model.graph.initializer.append(numpy_helper.from_array(np.array([16, 1], np.int64), "column"))
+        model.graph.node[8].input[1] = "column"
+        model.graph.node[8].output[0] = "as_column"
+        model.graph.node.insert(9, helper.make_node("Transpose", ["as_column"], ["flat"], perm=[1, 0], name="to_row"))
         onnx.save(model, str(path))
     elif change == "two_inputs":
         model.graph.input.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, 8, 8]))
@@ -246,3 +262,13 @@ def assert_full_depth_is_the_file(manifest, path: Path, images: np.ndarray, nhwc
     assert runtime.has_whole
     whole = runtime.infer(images, off)
     assert np.max(np.abs(whole.probabilities - _softmax(logits))) <= 1e-4
+
+
+def test_edge_onnx_lists_the_cuts_and_refuses_a_bad_one_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = fixed_batch_cnn(tmp_path / "cnn.onnx")
+    assert run_main(onnx_tool.main, [str(path), "--list", "--rounds", "5", "--propose", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in ("r1", "r2", "r3")) and "proposed cuts" in printed
+    code = run_main(onnx_tool.main, [str(path), "--cuts", "c3", "--data", "digits", "--out", str(tmp_path / "out"), "--rounds", "5"])
+    err = capsys.readouterr().err.strip().split("\r")[-1]  # after the timing's progress bar
+    assert code == 1 and err.startswith("error: 'c3' is not a clean cut") and "\n" not in err

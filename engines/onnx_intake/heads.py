@@ -114,27 +114,31 @@ def append_scores(model: onnx.ModelProto, logits: str, temperature: float, num_c
 
 
 def set_outputs(model: onnx.ModelProto, tensors: dict[str, str], shapes: dict[str, list[int | str]]) -> None:
-    """Make `tensors` (output name -> tensor) the graph's outputs, under their output names."""
+    """Make `tensors` (output name -> tensor) the graph's outputs, renamed to their output
+    names (no Identity copies: an output onnxruntime must copy costs microseconds)."""
     graph = model.graph
     del graph.output[:]
     for name, tensor in tensors.items():
-        if tensor != name:
-            graph.node.append(helper.make_node("Identity", [tensor], [name], name=unique_name(model, f"{name}_out")))
+        rename_tensor(model, tensor, name)
         graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shapes[name]))
 
 
 def rename_input(model: onnx.ModelProto, name: str) -> None:
-    """The graph's one input renamed to `name`, the old name fed from it."""
-    graph = model.graph
-    old = graph.input[0]
-    if old.name == name:
+    """The graph's one input renamed to `name` wherever it is read."""
+    rename_tensor(model, model.graph.input[0].name, name)
+
+
+def rename_tensor(model: onnx.ModelProto, old: str, new: str) -> None:
+    if old == new:
         return
-    renamed = onnx.ValueInfoProto()
-    renamed.CopyFrom(old)
-    renamed.name = name
-    graph.node.insert(0, helper.make_node("Identity", [name], [old.name], name=unique_name(model, f"{name}_in")))
-    graph.input.remove(old)
-    graph.input.insert(0, renamed)
+    if new in {t for node in model.graph.node for t in (*node.input, *node.output)}:
+        raise UserError(f"the model already has a tensor named {new!r}, a name the engines' outputs need")
+    for node in model.graph.node:
+        node.input[:] = [new if t == old else t for t in node.input]
+        node.output[:] = [new if t == old else t for t in node.output]
+    for info in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        if info.name == old:
+            info.name = new
 
 
 def exit_segment(

@@ -198,17 +198,23 @@ def _make_batch_dynamic(model: onnx.ModelProto, info: onnx.ValueInfoProto, batch
 
 
 def _copy_batch_in_reshape(model: onnx.ModelProto, node: onnx.NodeProto, batch: int) -> None:
-    """A reshape to (batch, ...) spelled with the fixed number: 0 copies the input's batch."""
-    weights = {t.name: t for t in model.graph.initializer}
-    target = weights.get(node.input[1])
-    if target is None:
-        return
-    shape = numpy_helper.to_array(target)
-    if shape.ndim != 1 or len(shape) < 2 or shape[0] != batch:
+    """A reshape to (batch, ...) spelled with the fixed number, in a weight or a Constant
+    node (as the TorchScript exporter writes it): 0 copies the input's batch instead."""
+    target = _constant(model, node.input[1])
+    if target is None or target.ndim != 1 or len(target) < 2 or target[0] != batch:
         return
     name = unique_name(model, f"{node.input[1]}_any_batch")
-    model.graph.initializer.append(numpy_helper.from_array(np.concatenate([[0], shape[1:]]).astype(np.int64), name))
+    model.graph.initializer.append(numpy_helper.from_array(np.concatenate([[0], target[1:]]).astype(np.int64), name))
     node.input[1] = name
+
+
+def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    weight = next((t for t in model.graph.initializer if t.name == name), None)
+    if weight is not None:
+        return numpy_helper.to_array(weight)
+    producer = next((n for n in model.graph.node if n.op_type == "Constant" and name in n.output), None)
+    value = next((a.t for a in producer.attribute if a.name == "value"), None) if producer is not None else None
+    return numpy_helper.to_array(value) if value is not None else None
 
 
 def _prepend_input(
@@ -270,5 +276,6 @@ def _check_runs(classifier: OnnxClassifier) -> int:
         raise OnnxIntakeError(f"{path}: output {classifier.logits!r} has shape {list(rows[0].shape)} at batch 1; a classifier outputs (batch, classes)")
     one = np.concatenate(rows)
     if two.shape != one.shape or not np.allclose(one, two, rtol=1e-4, atol=1e-4):
-        raise OnnxIntakeError(f"{path}: its fixed batch {classifier.fixed_batch} is built into the graph: a batch of 2 does not give each row's answer")
+        built = f"its fixed batch {classifier.fixed_batch}" if classifier.fixed_batch is not None else "a batch size"
+        raise OnnxIntakeError(f"{path}: {built} is built into the graph: a batch of 2 does not give each row's answer")
     return int(one.shape[1])
