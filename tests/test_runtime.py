@@ -369,10 +369,11 @@ def _bad_inputs() -> dict[str, tuple[object, str]]:
         "width": (np.zeros((4, 1, 8, 28), np.float32), r"shape must be .*got \(4, 1, 8, 28\)"),
         "three_d": (np.zeros((1, 8, 8), np.float32), r"shape must be .*got \(1, 8, 8\)"),
         "five_d": (np.zeros((1, 1, 1, 8, 8), np.float32), "shape must be"),
-        "empty": (np.zeros((0, *INPUT_SHAPE), np.float32), "empty"),
+        "empty": (np.zeros((0, *INPUT_SHAPE), np.float32), "^input batch is empty$"),
         "list": (good.tolist(), "numpy array, got list"),
         "tensor_like": (memoryview(good), "numpy array"),
-        "fortran_order": (np.asfortranarray(good), "C-contiguous"),
+        "fortran_order": (np.asfortranarray(good), r"^input must be C-contiguous \(use np.ascontiguousarray\)$"),
+        "strided_at_the_largest_batch": (np.zeros((2 * MAX_BATCH, *INPUT_SHAPE), np.float32)[::2], "C-contiguous"),
         "every_other_column": (np.zeros((4, 1, 8, 16), np.float32)[..., ::2], "C-contiguous"),
         "strided": (np.zeros((8, *INPUT_SHAPE), np.float32)[::2], "C-contiguous"),
         "too_big": (np.zeros((MAX_BATCH + 1, *INPUT_SHAPE), np.float32), f"{MAX_BATCH + 1} exceeds .*maximum batch {MAX_BATCH}"),
@@ -534,3 +535,52 @@ def test_a_static_point_with_thresholds_or_in_an_old_manifest_is_refused(built_c
     write_manifest_json(built_copy, data)
     with pytest.raises(ManifestError, match="static operating points need schema version 4"):
         load_manifest(built_copy)
+
+
+def test_a_call_can_name_another_point_or_criterion_and_says_which_ran(built_dir: Path, reference: Reference, real_images: np.ndarray) -> None:
+    runtime = Runtime(built_dir, operating_point="full")
+    late = runtime.infer(real_images, point_name="late")
+    assert late.operating_point == "late" and runtime.operating_point == "full"
+    check_against_reference(late, reference, real_images, [None, 1e9])
+    assert runtime.infer(real_images, point_name="full").operating_point == "full"
+    with pytest.raises(InputError, match="nope"):
+        runtime.infer(real_images, point_name="nope")
+    with pytest.raises(InputError, match="criterion 'bogus' is not in the engines"):
+        runtime.infer(real_images, thresholds=[0.5, 0.5], criterion="bogus")
+    assert runtime.infer(real_images, thresholds=[0.5, 0.5], criterion="entropy").operating_point == "custom"
+    assert runtime.infer(real_images, criterion="maxprob").operating_point == "custom"
+
+
+@pytest.mark.parametrize("batch", [1, MAX_BATCH])
+def test_the_criterion_asked_for_decides_who_leaves(built_dir: Path, reference: Reference, real_images: np.ndarray, batch: int) -> None:
+    """Thresholds on max probability leave other rows than the same thresholds on entropy."""
+    maxprob = [run_named(s, x)["maxprob"] for s, x in zip(reference.sessions, [real_images, *reference.run(real_images)[2]])]
+    thresholds = [float(np.median(maxprob[0])), float(np.median(maxprob[1]))]
+    expected = np.full(len(real_images), FINAL)
+    for k in (1, 0):
+        expected[maxprob[k] <= thresholds[k]] = k
+    runtime = Runtime(built_dir)
+    got = np.concatenate([runtime.infer(real_images[i : i + batch], thresholds, "maxprob").exits for i in range(0, len(real_images), batch)])
+    np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(got, reference.expect(real_images, thresholds)[0])  # entropy would decide otherwise
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_row_whose_scores_are_nan_leaves_at_the_final_exit(runtime: Runtime, real_images: np.ndarray, batch: int) -> None:
+    images = real_images[:batch].copy()
+    images[-1] = np.nan  # NaN <= threshold is false at every early exit
+    result = runtime.infer(images, thresholds=[1e9, 1e9])
+    assert result.exits.tolist() == [0] * (batch - 1) + [FINAL]
+
+
+@pytest.mark.parametrize("batch", [1, MAX_BATCH])
+def test_latencies_are_milliseconds_of_the_call_itself(built_dir: Path, real_images: np.ndarray, batch: int) -> None:
+    runtime = Runtime(built_dir, operating_point="full")
+    for thresholds, whole in ((None, True), ([None, None], True), ([None, None], False), ([0.5, 0.5], True)):
+        start = time.perf_counter()
+        result = runtime.infer(real_images[:batch], thresholds, whole=whole)
+        wall_ms = (time.perf_counter() - start) * 1e3
+        assert 0.5 * result.total_ms <= sum(result.segment_ms) <= result.total_ms <= wall_ms
+        assert result.exits.shape == (batch,)
+        one_engine = whole and thresholds in (None, [None, None])  # the whole engine: one call, no segment of its own
+        assert (result.segment_ms[:FINAL] == [0.0, 0.0]) == one_engine
