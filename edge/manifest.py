@@ -17,21 +17,29 @@ from typing import Any
 from edge.atomic import sha256_file, write_json_atomic
 from edge.errors import ManifestError
 
-SCHEMA_VERSION = 4  # 2 added score_outputs, variants, profile; 3 base variants (adaptive depth); 4 static points
-READABLE_VERSIONS = (1, 2, 3, 4)
+SCHEMA_VERSION = 5  # 2 added score_outputs, variants, profile; 3 base variants (adaptive depth); 4 static points; 5 per-input depth
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 CHAIN, STATIC = "chain", "static"  # what an operating point runs: the segment chain, or the static engine
-FULL, SKIP = "F", "T"  # a depth configuration's letters: stage runs whole, or skips its skippable half
+FULL, SKIP, ROUTED = "F", "T", "G"  # a depth configuration's letters: stage runs whole, skips its skippable half, or a gate decides per input
+ROUTE_THRESHOLD = 0.5  # a routed stage skips for an input whose gate says skip_next >= this
 MANIFEST_NAME = "manifest.json"
 
 
-def depth_problem(depth: object, stages: Sequence[tuple[str, bool]]) -> str | None:
+def depth_problem(depth: object, stages: Sequence[tuple[str, bool]], routable: Sequence[bool] = ()) -> str | None:
     """Why `depth` is not a depth configuration for `stages` ((name, can skip) each), or
-    None: one letter per stage, F (full) or T (skip), and T only where a stage can skip."""
-    if not isinstance(depth, str) or len(depth) != len(stages) or set(depth) - {FULL, SKIP}:
-        return f"depth must be {len(stages)} letters of {FULL} (full) and {SKIP} (skip), got {depth!r}"
-    fixed = [name for (name, can_skip), letter in zip(stages, depth) if letter == SKIP and not can_skip]
+    None: one letter per stage, F (full) or T (skip), T only where a stage can skip, and
+    G (a gate decides per input) only where `routable` says the stage before outputs a
+    depth gate."""
+    letters = {FULL, SKIP, ROUTED} if any(routable) else {FULL, SKIP}
+    if not isinstance(depth, str) or len(depth) != len(stages) or set(depth) - letters:
+        named = f"{FULL} (full), {SKIP} (skip) and {ROUTED} (a gate decides)" if any(routable) else f"{FULL} (full) and {SKIP} (skip)"
+        return f"depth must be {len(stages)} letters of {named}, got {depth!r}"
+    fixed = [name for (name, can_skip), letter in zip(stages, depth) if letter != FULL and not can_skip]
     if fixed:
         return f"depth {depth!r}: {', '.join(fixed)} cannot skip (no skippable sub-path, so no base variant)"
+    ungated = [name for (name, _), letter, gated in zip(stages, depth, routable) if letter == ROUTED and not gated]
+    if ungated:
+        return f"depth {depth!r}: no depth gate decides for {', '.join(ungated)} (the stage before it outputs no skip_next)"
     return None
 
 
@@ -58,6 +66,7 @@ class SegmentInfo:
     score_outputs: dict[str, str] = field(default_factory=dict)  # criterion -> output; lower = more confident
     variants: dict[str, dict[str, str]] = field(default_factory=dict)  # precision -> {file, sha256}, besides fp32
     base: dict[str, str] | None = None  # adaptive depth: {file, sha256} of the stage with its skippable half left out
+    route_output: str | None = None  # per-input depth: the output giving P(the next stage may skip), in both variants
 
     def __post_init__(self) -> None:
         # Manifests without score_outputs (version 1) name only the entropy output.
@@ -109,6 +118,7 @@ class OperatingPoint:
     depth: str | None = None
     measured: dict[str, Any] = field(default_factory=dict)
     engine: str = CHAIN
+    route_threshold: float = ROUTE_THRESHOLD  # for G letters in depth
 
 
 @dataclass(frozen=True)
@@ -155,7 +165,8 @@ class Manifest:
         """`depth` as a configuration (one letter per segment, T = skip); None = full depth."""
         if depth is None:
             return self.full_depth()
-        problem = depth_problem(depth, [(s.name, s.base is not None) for s in self.segments])
+        routable = [False] + [s.route_output is not None for s in self.segments[:-1]]
+        problem = depth_problem(depth, [(s.name, s.base is not None) for s in self.segments], routable)
         if problem:
             raise ManifestError(problem)
         return depth
@@ -315,6 +326,7 @@ def _parse_segment(s: dict[str, Any]) -> SegmentInfo:
         score_outputs={str(k): _text(v, "score_outputs") for k, v in s.get("score_outputs", {}).items()},
         variants=_parse_variants(s.get("variants", {})),
         base=_parse_file_entry(s.get("base")),
+        route_output=None if s.get("route_output") is None else _text(s["route_output"], "route_output"),
     )
 
 
@@ -323,7 +335,7 @@ def _parse_point(p: dict[str, Any]) -> OperatingPoint:
     return OperatingPoint(
         name=p["name"], thresholds=thresholds, criterion=p.get("criterion", "entropy"),
         precision=p.get("precision", "fp32"), depth=p.get("depth"), measured=dict(p.get("measured", {})),
-        engine=str(p.get("engine", CHAIN)),
+        engine=str(p.get("engine", CHAIN)), route_threshold=float(p.get("route_threshold", ROUTE_THRESHOLD)),
     )
 
 
@@ -336,6 +348,8 @@ def _check_consistency(m: Manifest, path: Path) -> None:
         raise ManifestError(f"{path}: every segment but the last must output features")
     if m.schema_version < 3 and m.adaptive:
         raise ManifestError(f"{path}: base variants need schema version 3, this manifest says {m.schema_version}")
+    if m.schema_version < 5 and any(s.route_output is not None for s in m.segments):
+        raise ManifestError(f"{path}: depth gates need schema version 5, this manifest says {m.schema_version}")
     for segment in m.segments:
         named = {o.name for o in segment.outputs}
         unknown = [o for o in segment.score_outputs.values() if named and o not in named]
@@ -359,7 +373,7 @@ def _check_consistency(m: Manifest, path: Path) -> None:
             depth = m.check_depth(point.depth)
         except ManifestError as exc:
             raise ManifestError(f"{path}: operating point {point.name!r}: {exc}") from None
-        if SKIP in depth and point.precision != "fp32":
+        if (SKIP in depth or ROUTED in depth) and point.precision != "fp32":
             raise ManifestError(f"{path}: operating point {point.name!r} skips stages at {point.precision!r}; base variants are fp32 only")
         lacking = m.lacking(point.criterion)
         if lacking:
@@ -389,7 +403,7 @@ def _segment_dict(s: SegmentInfo) -> dict[str, Any]:
         "name": s.name, "file": s.file, "sha256": s.sha256, "input": _tensor_dict(s.input),
         "outputs": [_tensor_dict(o) for o in s.outputs], "features_output": s.features_output,
         "probs_output": s.probs_output, "score_output": s.score_output, "exit_index": s.exit_index,
-        "score_outputs": s.score_outputs, "variants": s.variants, "base": s.base,
+        "score_outputs": s.score_outputs, "variants": s.variants, "base": s.base, "route_output": s.route_output,
     }
 
 
@@ -397,4 +411,4 @@ def _point_dict(p: OperatingPoint) -> dict[str, Any]:
     return {
         "name": p.name, "thresholds": p.thresholds, "criterion": p.criterion,
         "precision": p.precision, "depth": p.depth, "measured": p.measured,
-    } | ({"engine": p.engine} if p.engine != CHAIN else {})
+    } | ({"engine": p.engine} if p.engine != CHAIN else {}) | ({"route_threshold": p.route_threshold} if ROUTED in (p.depth or "") else {})

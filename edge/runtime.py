@@ -7,7 +7,10 @@ exit (threshold None) is not computed at all: its segment runs as a trunk.
 
 For an adaptive-depth manifest both variants of every stage stay loaded, and an
 operating point's depth configuration ("FTF": T = that stage skips its skippable half)
-only picks which engine each segment call goes to: switching depth reloads nothing.
+only picks which engine each segment call goes to: switching depth reloads nothing. A
+G letter (per-input depth) lets the previous segment's depth gate choose that stage's
+variant per input: the batch splits by the choice, each part runs its variant, and the
+results come back in input order.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from edge.backends import Backend, create_backend
-from edge.backends.base import StaticEngine
+from edge.backends.base import RoutedOutput, StaticEngine
 from edge.errors import BackendError, InputError, ManifestError
-from edge.manifest import SKIP, STATIC, Manifest, load_manifest
+from edge.manifest import FULL, ROUTED, SKIP, STATIC, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class InferenceResult:
     segment_ms: list[float]  # wall time of each segment run for this batch (0 where not run)
     total_ms: float
     operating_point: str
+    depths: list[str] | None = None  # per-input depth (G letters): the letters each sample ran, up to its exit
 
 
 class _Step(NamedTuple):
@@ -61,6 +65,7 @@ class _Point(NamedTuple):
     steps: list[_Step]
     static: bool = False  # runs the static engine (the chain's steps serve per-call overrides)
     all_off: bool = False  # every exit off at fp32 and full depth: the whole engine can run it
+    route_threshold: float = 0.5  # G letters: a stage skips for inputs whose gate says >= this
 
 
 class Runtime:
@@ -156,7 +161,8 @@ class Runtime:
             raise ManifestError(f"operating point {name!r} runs the static engine: {self._no_static}")
         steps = self._steps(point.precision, depth)
         limits = exit_limits(point.thresholds)
-        return _Point(name, limits, point.criterion, point.precision, depth, steps, point.engine == STATIC, self._all_off(limits, point.precision, depth))
+        return _Point(name, limits, point.criterion, point.precision, depth, steps, point.engine == STATIC,
+                      self._all_off(limits, point.precision, depth), point.route_threshold)
 
     def _load_static(self) -> tuple[StaticEngine | None, str]:
         """The static engine, where a point runs it; else why not (a backend without one)."""
@@ -195,8 +201,8 @@ class Runtime:
         """Each segment's engine under `precision` and `depth`; refuses engines not loaded.
         Spawned backends share one feature space (the same device), so a segment may hand
         its features to another backend's engine and upload/take go through the first."""
-        if SKIP in depth and precision != "fp32":
-            raise InputError(f"depth {depth!r} skips stages and base variants are fp32 only; ask for fp32, or a depth without {SKIP}")
+        if (SKIP in depth or ROUTED in depth) and precision != "fp32":
+            raise InputError(f"depth {depth!r} skips stages and base variants are fp32 only; ask for fp32, or a depth of {FULL} only")
         steps = []
         for letter in depth:
             backend = self.backend_for(precision, letter == SKIP)
@@ -228,14 +234,17 @@ class Runtime:
             name, steps = "custom", self._custom_steps(precision or point.precision, depth or point.depth)
         start = time.perf_counter()
         single = self._one_engine(point, name, limits, precision or point.precision, depth or point.depth, whole)
-        if single is not None:
+        depths = None
+        if ROUTED in (depth or point.depth):
+            probs, exits, segment_ms, depths = self._infer_routed(depth or point.depth, images, limits, point_criterion, point.route_threshold)
+        elif single is not None:
             probs, exits, segment_ms = self._infer_single(single, images)
         elif len(images) == 1:
             probs, exits, segment_ms = self._infer_one(steps, images, limits, point_criterion)
         else:
             probs, exits, segment_ms = self._infer_batch(steps, images, limits, point_criterion)
         total_ms = (time.perf_counter() - start) * 1e3
-        return InferenceResult(probs.argmax(axis=1), probs, exits, segment_ms, total_ms, name)
+        return InferenceResult(probs.argmax(axis=1), probs, exits, segment_ms, total_ms, name, depths)
 
     def backend_for(self, precision: str, skip: bool = False) -> Backend:
         backend = self._backends.get((precision, skip))
@@ -264,7 +273,7 @@ class Runtime:
 
     @staticmethod
     def _all_off(limits: list[float], precision: str, depth: str) -> bool:
-        return precision == "fp32" and SKIP not in depth and all(limit == NEVER for limit in limits[:-1])
+        return precision == "fp32" and SKIP not in depth and ROUTED not in depth and all(limit == NEVER for limit in limits[:-1])
 
     def _infer_single(self, engine: StaticEngine, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
         """The whole network in one engine: every sample leaves at the final exit."""
@@ -320,6 +329,53 @@ class Runtime:
                 remaining = remaining[stay]
         return all_probs, exits, segment_ms
 
+    def _infer_routed(
+        self, depth: str, images: np.ndarray, limits: list[float], criterion: str, threshold: float,
+    ) -> tuple[np.ndarray, np.ndarray, list[float], list[str]]:
+        """Per-input depth: a group of rows runs each segment in one variant; where the
+        next letter is G the group splits by its depth gate (skip when skip_next >= threshold)."""
+        n = len(images)
+        all_probs = np.empty((n, len(self.manifest.classes)), dtype=np.float32)
+        exits = np.empty(n, dtype=np.int64)
+        taken = [""] * n
+        segment_ms = [0.0] * self.num_exits
+        variants = {FULL: self.backend, SKIP: self.backend_for("fp32", True)}
+        groups = [_Group(np.arange(n), self.backend.upload(images), SKIP if depth[0] == SKIP else FULL, "")]
+        last = self.num_exits - 1
+        for k, limit in enumerate(limits):
+            start = time.perf_counter()
+            following: list[_Group] = []
+            for group in groups:
+                backend = variants[group.letter]
+                path = group.path + group.letter
+                out = self._run_variant(backend, k, group.features, None if limit == NEVER else criterion, k < last and depth[k + 1] == ROUTED)
+                rows, features, skip_next = group.rows, out.features, out.skip_next
+                if out.scores is not None:
+                    leave = np.ones(len(rows), dtype=bool) if k == last else out.scores <= np.float64(limit)
+                    all_probs[rows[leave]] = out.probs[leave]  # type: ignore[index]
+                    exits[rows[leave]] = k
+                    for row in rows[leave]:
+                        taken[row] = path
+                    if leave.all():
+                        continue
+                    if leave.any():
+                        stay = np.flatnonzero(~leave)
+                        rows, features = rows[stay], backend.take(features, stay)
+                        skip_next = None if skip_next is None else skip_next[stay]
+                following += _split(backend, rows, features, path, depth[k + 1], skip_next, threshold)
+            segment_ms[k] = (time.perf_counter() - start) * 1e3
+            groups = following
+        return all_probs, exits, segment_ms, taken
+
+    @staticmethod
+    def _run_variant(backend: Backend, k: int, features: Any, criterion: str | None, routed_next: bool) -> RoutedOutput:
+        if routed_next:
+            return backend.run_routed(k, features, criterion)
+        if criterion is None:
+            return RoutedOutput(backend.advance(k, features), None, None, None)  # type: ignore[arg-type]
+        features, probs, scores = backend.run(k, features, criterion)
+        return RoutedOutput(features, probs, scores, None)  # type: ignore[arg-type]
+
     def check_input(self, images: Any) -> None:
         """Raise InputError unless `images` is a float32 (n, C, H, W) array the engines accept."""
         # One test for the common good input: every call pays for this, on a 0.5 ms network
@@ -362,6 +418,30 @@ class Runtime:
             backend.close()
         # the one-engine paths hold their sessions too: a closed runtime runs nothing
         self._static = self._whole = None
+
+
+class _Group(NamedTuple):
+    """Rows of a per-input-depth batch that run the next segment in one variant."""
+
+    rows: np.ndarray
+    features: Any
+    letter: str  # the variant they run next: F or T
+    path: str  # the letters they ran so far
+
+
+def _split(backend: Backend, rows: np.ndarray, features: Any, path: str, letter: str, skip_next: np.ndarray | None, threshold: float) -> list[_Group]:
+    """The rows going on, by the variant each runs next: the depth's letter, or the gate's choice for G."""
+    if letter != ROUTED or skip_next is None:
+        return [_Group(rows, features, SKIP if letter == SKIP else FULL, path)]
+    to_base = skip_next >= threshold
+    groups = []
+    for choice, part in ((FULL, ~to_base), (SKIP, to_base)):
+        if part.all():
+            return [_Group(rows, features, choice, path)]
+        if part.any():
+            keep = np.flatnonzero(part)
+            groups.append(_Group(rows[keep], backend.take(features, keep), choice, path))
+    return groups
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ from engines.export import (
     ENTROPY,
     FEATURES,
     PROBS,
+    SKIP_NEXT,
     ExportableSegment,
     ExportableStatic,
     ExportedGraph,
@@ -69,17 +70,19 @@ def build_engines(
     static_backbone: torch.nn.Module | None = None,
     temperatures: Sequence[float] | None = None,
     gates: Sequence[torch.nn.Module] | None = None,
+    routers: Sequence[torch.nn.Module | None] | None = None,
 ) -> Manifest:
     """Export, verify and describe every segment; returns the manifest written to out_dir.
     `temperatures` (one per exit) scale the logits in the graph; `gates` (one per early
-    exit) add the learned-gate score."""
+    exit) add the learned-gate score; `routers` (a depth gate or None per segment, for
+    per-input depth) add the next stage's skip probability to both variants."""
     out_dir = Path(out_dir)
     net = net.eval()
     example = torch.from_numpy(real_inputs[:2].astype(np.float32))
-    base_graphs = _export_base_variants(net, out_dir, example, temperatures, gates, real_inputs, options)
+    base_graphs = _export_base_variants(net, out_dir, example, temperatures, gates, real_inputs, options, routers)
     with _at_depth(net, "super"):  # the full engines (and a static model from this backbone), whatever depth it was left at
-        graphs = export_segments(net, out_dir, example, temperatures, gates)
-        check_segments(net, exportable_segments(net, temperatures, gates), graphs, real_inputs, options.random_check_batches)
+        graphs = export_segments(net, out_dir, example, temperatures, gates, routers=routers)
+        check_segments(net, exportable_segments(net, temperatures, gates, routers), graphs, real_inputs, options.random_check_batches)
         static = whole = None
         if options.include_static:
             backbone = static_backbone if static_backbone is not None else net.backbone
@@ -94,6 +97,7 @@ def build_engines(
 def _export_base_variants(
     net: MultiExitNetwork, out_dir: Path, example: torch.Tensor, temperatures: Sequence[float] | None,
     gates: Sequence[torch.nn.Module] | None, real_inputs: np.ndarray, options: BuildOptions,
+    routers: Sequence[torch.nn.Module | None] | None = None,
 ) -> list[ExportedGraph | None]:
     """For an adaptive-depth backbone, segment_{k}.base.onnx: stage k with its skippable
     half left out and its skip-aware BNs (checked against torch at the base-net depth)."""
@@ -104,8 +108,8 @@ def _export_base_variants(
         raise ValueError("an adaptive-depth network needs an exit after every stage but the last (one segment per stage)")
     with _at_depth(net, "base"):
         skipping = {k for k, n in enumerate(backbone.skippable) if n}
-        graphs = export_segments(net, out_dir, example, temperatures, gates, suffix=".base", only=skipping)
-        check_segments(net, exportable_segments(net, temperatures, gates), graphs, real_inputs, options.random_check_batches)
+        graphs = export_segments(net, out_dir, example, temperatures, gates, suffix=".base", only=skipping, routers=routers)
+        check_segments(net, exportable_segments(net, temperatures, gates, routers), graphs, real_inputs, options.random_check_batches)
     return graphs
 
 
@@ -216,6 +220,7 @@ def segment_info(index: int, graph: ExportedGraph | None, base: ExportedGraph | 
         probs_output=PROBS,
         score_output=ENTROPY,
         score_outputs={c: c for c in CRITERIA if c in names},
+        route_output=SKIP_NEXT if SKIP_NEXT in names else None,
         exit_index=index,
         outputs=[TensorInfo(o.name, o.shape) for o in graph.outputs],
         base=None if base is None else {"file": base.path.name, "sha256": sha256_file(base.path)},

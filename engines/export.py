@@ -7,6 +7,9 @@ confident": a sample leaves when its score <= the exit's threshold.
   entropy  softmax entropy in nats
   maxprob  1 - the largest probability
   gate     1 - a learned gate's exit probability (only where a gate was trained)
+A segment whose output a depth gate reads (per-input depth, calibration.depth_gates)
+also outputs `skip_next`: the gate's probability that the next stage may run its base
+variant.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def _not_torchvision_skips(record: logging.LogRecord) -> bool:
 
 logging.getLogger(EXPORTER_REGISTRY_LOGGER).addFilter(_not_torchvision_skips)
 FEATURES, PROBS, ENTROPY, MAXPROB, GATE = "features", "probs", "entropy", "maxprob", "gate"
+SKIP_NEXT = "skip_next"
 CRITERIA = (ENTROPY, MAXPROB, GATE)
 
 
@@ -54,17 +58,21 @@ class ExitScores(nn.Module):
 
 
 class ExportableSegment(nn.Module):
-    """A segment as exported: (features, probs, entropy, maxprob[, gate]), without
-    features when final. `gate` maps (features, probs) to the exit probability."""
+    """A segment as exported: (features, probs, entropy, maxprob[, gate][, skip_next]),
+    without features when final. `gate` maps (features, probs) to the exit probability;
+    `router` maps features to the probability that the next stage may skip."""
 
-    def __init__(self, segment: Segment, temperature: float = 1.0, gate: nn.Module | None = None) -> None:
+    def __init__(self, segment: Segment, temperature: float = 1.0, gate: nn.Module | None = None, router: nn.Module | None = None) -> None:
         super().__init__()
+        if router is not None and segment.is_final:
+            raise ValueError("the final segment has no next stage to route")
         self.segment = segment
         self.scores = ExitScores(temperature)
         self.gate = gate
+        self.router = router
 
     def output_names(self) -> list[str]:
-        names = [PROBS, ENTROPY, MAXPROB] + ([GATE] if self.gate is not None else [])
+        names = [PROBS, ENTROPY, MAXPROB] + ([GATE] if self.gate is not None else []) + ([SKIP_NEXT] if self.router is not None else [])
         return names if self.segment.is_final else [FEATURES, *names]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -72,6 +80,8 @@ class ExportableSegment(nn.Module):
         outputs: tuple[torch.Tensor, ...] = self.scores(logits)
         if self.gate is not None:
             outputs += (1.0 - self.gate(features, outputs[0]),)
+        if self.router is not None:
+            outputs += (self.router(features),)
         return outputs if self.segment.is_final else (features, *outputs)
 
 
@@ -142,11 +152,12 @@ def export_segments(
     gates: Sequence[nn.Module] | None = None,
     suffix: str = "",
     only: Collection[int] | None = None,
+    routers: Sequence[nn.Module | None] | None = None,
 ) -> list[ExportedGraph | None]:
     """segment_{k}{suffix}.onnx for every segment (or those in `only`; None for the
     rest), each fed by the previous one's features. `gates`, if given, has one gate
-    per early exit."""
-    wrapped = exportable_segments(net, temperatures, gates)
+    per early exit; `routers` one depth gate or None per segment."""
+    wrapped = exportable_segments(net, temperatures, gates, routers)
     exported: list[ExportedGraph | None] = []
     x = example
     for k, (segment, module) in enumerate(zip(net.segments, wrapped)):
@@ -162,6 +173,7 @@ def export_segments(
 
 def exportable_segments(
     net: MultiExitNetwork, temperatures: Sequence[float] | None = None, gates: Sequence[nn.Module] | None = None,
+    routers: Sequence[nn.Module | None] | None = None,
 ) -> list[ExportableSegment]:
     net = net.eval()
     temperatures = list(temperatures) if temperatures is not None else [1.0] * net.num_exits
@@ -169,8 +181,11 @@ def exportable_segments(
         raise ValueError(f"need {net.num_exits} temperatures (one per exit), got {len(temperatures)}")
     if gates is not None and len(gates) != net.num_exits - 1:
         raise ValueError(f"need {net.num_exits - 1} gates (one per early exit), got {len(gates)}")
+    if routers is not None and len(routers) != net.num_exits:
+        raise ValueError(f"need {net.num_exits} routers (a depth gate or None per segment), got {len(routers)}")
     gate_of = list(gates) + [None] if gates is not None else [None] * net.num_exits
-    return [ExportableSegment(s, t, g) for s, t, g in zip(net.segment_list, temperatures, gate_of)]
+    router_of = list(routers) if routers is not None else [None] * net.num_exits
+    return [ExportableSegment(s, t, g, r) for s, t, g, r in zip(net.segment_list, temperatures, gate_of, router_of)]
 
 
 def export_static(backbone: nn.Module, path: Path, example: torch.Tensor) -> ExportedGraph:

@@ -26,7 +26,7 @@ from calibration.adaptive import (
 )
 from calibration.train import TrainConfig
 from edge.errors import InputError, ManifestError
-from edge.manifest import load_manifest
+from edge.manifest import SCHEMA_VERSION, load_manifest
 from edge.runtime import Runtime
 from engines.adaptive import AdaptiveBackbone, SkipAwareBatchNorm2d, make_adaptive
 from engines.build import BuildOptions, build_engines
@@ -198,7 +198,7 @@ def run_killing_the_group(command: list[str], env: dict[str, str], timeout: floa
 
 def test_every_stage_gets_a_base_engine_named_and_hashed_in_the_manifest(adaptive_built: Path) -> None:
     manifest = load_manifest(adaptive_built)
-    assert manifest.adaptive and manifest.schema_version == 4
+    assert manifest.adaptive and manifest.schema_version == SCHEMA_VERSION
     assert [s.base["file"] for s in manifest.segments] == [f"segment_{k}.base.onnx" for k in range(3)]  # type: ignore[index]
     assert [p.depth for p in manifest.operating_points] == [None, "TTT", "TFT"]
     # the base engines are smaller graphs: the skippable block is not in them

@@ -90,7 +90,7 @@ def test_a_version_1_manifest_still_loads_and_is_written_as_the_current_version(
     manifest = load_manifest(built_copy)
     assert manifest.schema_version == 1 and manifest.segments[0].criteria == {"entropy"}
     save_manifest(manifest, built_copy / MANIFEST_NAME)
-    assert read_manifest_json(built_copy)["schema_version"] == SCHEMA_VERSION == 4
+    assert read_manifest_json(built_copy)["schema_version"] == SCHEMA_VERSION == 5
 
 
 @pytest.mark.parametrize(

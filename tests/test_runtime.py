@@ -491,7 +491,7 @@ def test_a_static_point_runs_the_static_engine_and_a_backend_without_one_starts_
     from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
     from edge.errors import BackendError, ManifestError
     from edge.governor import ladder
-    from edge.manifest import STATIC, OperatingPoint, load_manifest, save_manifest
+    from edge.manifest import SCHEMA_VERSION, STATIC, OperatingPoint, load_manifest, save_manifest
 
     manifest = load_manifest(built_copy)
     early = manifest.num_exits - 1
@@ -499,7 +499,7 @@ def test_a_static_point_runs_the_static_engine_and_a_backend_without_one_starts_
     chain = [dataclasses.replace(p, measured={"mean_ms": 0.1 + k, "accuracy": 0.9}) for k, p in enumerate(manifest.operating_points)]
     save_manifest(dataclasses.replace(manifest, operating_points=[*chain, static], default_operating_point="static"), built_copy / "manifest.json")
     manifest = load_manifest(built_copy)
-    assert manifest.schema_version == 4 and manifest.point("static").engine == STATIC
+    assert manifest.schema_version == SCHEMA_VERSION and manifest.point("static").engine == STATIC
 
     runtime = Runtime(manifest)
     result = runtime.infer(real_images[:5])

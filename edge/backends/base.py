@@ -28,6 +28,16 @@ class ExitOutput(NamedTuple):
     scores: np.ndarray  # host, (n,) float32: the exit's score under the asked criterion (lower = more confident)
 
 
+class RoutedOutput(NamedTuple):
+    """A segment run for per-input depth: ExitOutput's fields (probs and scores None with
+    the exit off) and `skip_next`, host (n,) float32: the depth gate's say on the next stage."""
+
+    features: Features
+    probs: np.ndarray | None
+    scores: np.ndarray | None
+    skip_next: np.ndarray
+
+
 class Backend(ABC):
     """One instance serves one manifest; `run` must be safe to call from several threads."""
 
@@ -72,6 +82,11 @@ class Backend(ABC):
         """Run segment `index` with its exit switched off: only the features it hands on.
         Backends that can skip the exit head (a pruned engine) override this."""
         return self.run(index, features).features
+
+    def run_routed(self, index: int, features: Features, criterion: str | None) -> RoutedOutput:
+        """Run segment `index` and read its depth gate (criterion None: the exit is off).
+        Backends without per-input depth say so."""
+        raise BackendError(f"the {self.name} backend cannot route per-input depth (depth letter G); use fixed depths")
 
     @abstractmethod
     def take(self, features: Features, rows: np.ndarray) -> Features:

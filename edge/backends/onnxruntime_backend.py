@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.backends.base import Backend, ExitOutput, Features, StaticEngine
+from edge.backends.base import Backend, ExitOutput, Features, RoutedOutput, StaticEngine
 from edge.errors import BackendError, ManifestError, MissingDependencyError
 from edge.manifest import Manifest, SegmentInfo
 
@@ -81,6 +81,8 @@ class OnnxRuntimeBackend(Backend):
         self._feeds: list[str] = []
         self._fetches: list[dict[str, list[str]]] = []  # per segment: criterion -> output names
         self._trunk_fetches: list[list[str]] = []
+        self._route_fetches: list[dict[str | None, list[str]]] = []  # per segment: criterion (None: exit off) -> names
+        self._route_trunk_runners: dict[int, Callable[[list[str], dict[str, Any], Any], list[np.ndarray]]] = {}
 
     def spawn(self) -> OnnxRuntimeBackend:
         return OnnxRuntimeBackend(self.threads, self.shared_threads, self.spinning, self.optimization, list(self.providers), self.trunks)
@@ -122,9 +124,17 @@ class OnnxRuntimeBackend(Backend):
         for path, session, feed, fetches in zip(files, self._sessions, self._feeds, self._fetches):
             _check_interface(path, session, feed, fetches)
         self._trunk_fetches = [[s.features_output or ""] for s in manifest.segments[:-1]]  # set on every early segment (the manifest checks)
+        self._route_fetches = [_route_fetch_names(s, fetches) for s, fetches in zip(manifest.segments, self._fetches)]
+        for path, session, feed, routed in zip(files, self._sessions, self._feeds, self._route_fetches):
+            _check_interface(path, session, feed, {str(c): names for c, names in routed.items()})
         if self.trunks:
             trunks = [self._trunk_session(path, s, options) for path, s in zip(files, manifest.segments[:-1])]
             self._trunk_runners = [self.runner(session) for session in trunks]
+            # a depth-gated segment with its exit off: the features and the gate, no exit head
+            self._route_trunk_runners = {
+                k: self.runner(self._trunk_session(path, s, options, with_route=True))
+                for k, (path, s) in enumerate(zip(files, manifest.segments)) if s.route_output is not None
+            }
 
     def load_static(self, manifest: Manifest) -> StaticEngine:
         return self._load_single(manifest, manifest.static_model, "static")
@@ -145,14 +155,15 @@ class OnnxRuntimeBackend(Backend):
         run = self.runner(session)
         return lambda images: run(["probs"], {feed[0]: images}, None)[0]
 
-    def _trunk_session(self, path: Path, segment: SegmentInfo, options: Any) -> Any:
+    def _trunk_session(self, path: Path, segment: SegmentInfo, options: Any, with_route: bool = False) -> Any:
         import onnx
         import onnxruntime as ort
 
         from edge.backends.onnx_prune import prune_to_outputs
 
+        outputs = [segment.features_output] + ([segment.route_output] if with_route else [])
         try:
-            trunk = prune_to_outputs(onnx.load(str(path)), [segment.features_output])  # type: ignore[list-item]
+            trunk = prune_to_outputs(onnx.load(str(path)), outputs)  # type: ignore[arg-type]
             return ort.InferenceSession(trunk.SerializeToString(), sess_options=options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ManifestError(f"{path}: onnxruntime cannot load this engine without its exit ({exc})") from exc
@@ -221,12 +232,29 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # onnxruntime's errors are untyped
             raise BackendError(f"segment {index} (exit off) failed in onnxruntime: {exc}") from exc
 
+    def run_routed(self, index: int, features: Features, criterion: str | None) -> RoutedOutput:
+        try:
+            fetch = self._route_fetches[index][criterion]
+        except IndexError:
+            raise BackendError(f"segment {index}: no engine loaded (backend closed or never loaded)") from None
+        except KeyError:
+            raise BackendError(f"segment {index} has no depth gate (skip_next) under {criterion!r}") from None
+        run = self._route_trunk_runners.get(index, self._runners[index]) if criterion is None else self._runners[index]
+        try:
+            outputs = run(fetch, {self._feeds[index]: features}, None)
+        except Exception as exc:  # onnxruntime's errors are untyped
+            raise BackendError(f"segment {index} failed in onnxruntime: {exc}") from exc
+        if criterion is None:
+            return RoutedOutput(outputs[0], None, None, outputs[1])
+        return RoutedOutput(outputs[0], outputs[1], outputs[2], outputs[3])
+
     def take(self, features: Features, rows: np.ndarray) -> Features:
         return np.ascontiguousarray(features[rows])
 
     def close(self) -> None:
         self._sessions, self._runners, self._trunk_runners = [], [], []
-        self._fetches, self._trunk_fetches, self._feeds = [], [], []
+        self._fetches, self._trunk_fetches, self._feeds, self._route_fetches = [], [], [], []
+        self._route_trunk_runners = {}
 
 
 def _check_interface(path: Path, session: Any, feed: str, fetches: dict[str, list[str]]) -> None:
@@ -238,6 +266,15 @@ def _check_interface(path: Path, session: Any, feed: str, fetches: dict[str, lis
     missing = sorted({name for names in fetches.values() for name in names} - outputs)
     if missing:
         raise ManifestError(f"{path}: the engine lacks outputs {missing} that the manifest names; it has {sorted(outputs)}")
+
+
+def _route_fetch_names(segment: SegmentInfo, fetches: dict[str, list[str]]) -> dict[str | None, list[str]]:
+    """A depth-gated segment's fetches with skip_next last, per criterion and with the exit off."""
+    if segment.route_output is None or segment.features_output is None:
+        return {}
+    routed: dict[str | None, list[str]] = {c: [*names, segment.route_output] for c, names in fetches.items()}
+    routed[None] = [segment.features_output, segment.route_output]
+    return routed
 
 
 def _fetch_names(segment: SegmentInfo, criterion: str) -> list[str]:

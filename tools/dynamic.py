@@ -1,0 +1,40 @@
+"""edge-dynamic: per-input depth measured against every fixed depth of an adaptive-depth
+network (calibration.dynamic_depth): gates trained on measured costs, then the runtime's
+accuracy and latency at batch 1 for each fixed depth and each per-input point.
+
+    edge-dynamic --checkpoint runs/adn/adaptive-exits.pt --out runs/dynamic
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from calibration.dynamic_depth import DynamicDepthJob, dynamic_depth, print_summary
+from tools._cli import run_main
+
+
+def parse_args(argv: list[str] | None) -> DynamicDepthJob:
+    p = argparse.ArgumentParser(prog="edge-dynamic", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, required=True, help="adaptive-exits.pt from edge-train-adaptive")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--calibration", default="30000:40000", help="training images the network did not see, START:STOP (gates and their costs)")
+    p.add_argument("--test-samples", type=int, default=0, help="0 = the whole test split")
+    p.add_argument("--budget", type=float, default=0.8, help="the gates' mean latency over the full depth's, on calibration images")
+    p.add_argument("--route-thresholds", default="0.2,0.35,0.5,0.65,0.8", help="skip a stage when its gate says >= this; comma-separated")
+    a = p.parse_args(argv)
+    thresholds = tuple(float(t) for t in a.route_thresholds.split(","))
+    start, _, stop = a.calibration.partition(":")
+    return DynamicDepthJob(a.checkpoint, a.out, a.data, (int(start), int(stop)), test_samples=a.test_samples, budget=a.budget, route_thresholds=thresholds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    job = parse_args(argv)
+    print_summary(dynamic_depth(job))
+    print(f"wrote {job.out / 'dynamic-depth.json'} and dynamic-depth.png; engines in {job.out / 'engines'}")
+    return 0
+
+
+def cli() -> int:
+    return run_main(main)
