@@ -11,6 +11,8 @@ rule of the policy asks for a level at least this conservative:
             battery_saver_pct: the cheaper half of the ladder
   power     total power above the budget: one level down per dwell time until it is not
   latency   requests slower than the objective: one level down per dwell time
+  base cap  at or above base_only_above_c: only points that run every stage at its base
+            variant (adaptive depth), until it is hysteresis_c below again
 
 The thermal and battery rules and a lost sensor are limits: the governor moves to the
 level they ask for at once (a forced switch), whenever the last switch was. Everything
@@ -60,6 +62,7 @@ class Policy:
     min_dwell_s: float = 5.0
     stale_after_s: float = 3.0
     points: tuple[str, ...] = ()  # the ladder by name, most accurate first (empty: from the manifest)
+    base_only_above_c: float | None = None  # this hot and hotter: base variants only (no full stage, no per-input choice)
 
     def __post_init__(self) -> None:
         if self.soft_limit_c is not None and self.hard_limit_c is not None and self.soft_limit_c >= self.hard_limit_c:
@@ -104,6 +107,7 @@ class Rung:
     point: str
     mean_ms: float
     accuracy: float | None = None
+    base_only: bool = False  # every stage that has a base variant runs it (what the base cap allows)
 
 
 def ladder(
@@ -120,7 +124,7 @@ def ladder(
         figures = (measured or {}).get(name) or manifest.point(name).measured
         if "mean_ms" not in figures:
             raise ManifestError(f"operating point {name!r} has no measured latency (run edge-calibrate, or measure it)")
-        rungs.append(Rung(name, float(figures["mean_ms"]), figures.get("accuracy")))
+        rungs.append(Rung(name, float(figures["mean_ms"]), figures.get("accuracy"), manifest.runs_base_only(name)))
     if names:
         return rungs
     return pareto_front(rungs, lambda r: r.mean_ms, lambda r: r.accuracy)[::-1]
@@ -175,7 +179,10 @@ class Governor:
     ) -> None:
         if not rungs:
             raise ManifestError("the governor needs at least one operating point")
+        if policy.base_only_above_c is not None and not any(r.base_only for r in rungs):
+            raise PolicyError("base_only_above_c needs a point on the ladder that runs every stage at its base variant; there is none")
         self.rungs = list(rungs)
+        self._capped = False  # the base cap holds (hot, or not yet hysteresis_c below it)
         self.policy = policy
         self.apply = apply
         self.level = 0
@@ -220,7 +227,7 @@ class Governor:
                 target, forced, reason = self.last, True, problem
             else:
                 assert reading is not None
-                target, forced, reason = self._choose(now, self._demand(reading, latency_ms))
+                target, forced, reason = self._cap(*self._choose(now, self._demand(reading, latency_ms)), temperature)
             switched = target != self.level
             if switched:
                 self.level, self.last_switch = target, now
@@ -292,6 +299,19 @@ class Governor:
                 return self.level - 1, False, f"up one level: {why}"
             return self.level, False, f"holding: may relax, {waited:.1f} s of the {self.policy.min_dwell_s:g} s dwell"
         return self.level, False, f"holding: {why}"
+
+    def _cap(self, target: int, forced: bool, reason: str, temperature: float | None) -> tuple[int, bool, str]:
+        """The base cap: while it holds, the nearest base-only level at or below `target`
+        (else the cheapest base-only one above it), as a limit."""
+        cap = self.policy.base_only_above_c
+        if cap is None or temperature is None:
+            return target, forced, reason
+        self._capped = temperature >= cap or (self._capped and temperature > cap - self.policy.hysteresis_c)
+        if not self._capped or self.rungs[target].base_only:
+            return target, forced, reason
+        cheaper = [k for k, r in enumerate(self.rungs) if r.base_only and k >= target]
+        capped = cheaper[0] if cheaper else max(k for k, r in enumerate(self.rungs) if r.base_only)
+        return capped, True, f"base variants only: {temperature:.1f} C (cap {cap:g}); {reason}"
 
     def _thermal_level(self, temperature: float, soft: float, hard: float) -> int:
         if temperature >= hard:

@@ -171,6 +171,12 @@ class Manifest:
             raise ManifestError(problem)
         return depth
 
+    def runs_base_only(self, name: str) -> bool:
+        """Whether point `name` runs every stage that has a base variant at it (no F, no G there)."""
+        point = self.point(name)
+        depth = self.check_depth(point.depth)
+        return self.adaptive and point.engine == CHAIN and all(letter == SKIP for letter, s in zip(depth, self.segments) if s.base is not None)
+
     def lacking(self, criterion: str) -> list[str]:
         """Early segments that do not output `criterion`'s score (the final exit needs none)."""
         return [s.name for s in self.segments[:-1] if criterion not in s.criteria]

@@ -15,8 +15,10 @@ import torch
 from calibration import depth_gates as dg
 from calibration.data import Dataset
 from edge.errors import InputError, ManifestError
+from edge.governor import Governor, Policy, PolicyError, ladder
 from edge.manifest import ROUTED, OperatingPoint, load_manifest
 from edge.runtime import Runtime
+from edge.sensors.replay import ReplaySource
 from engines.build import BuildOptions, build_engines
 from engines.checkpoint import ModelSpec, save_checkpoint
 from engines.partition import MultiExitNetwork
@@ -167,3 +169,37 @@ def test_the_dynamic_report_compares_every_per_input_point_with_the_fixed_depths
             rival = report["points"][versus["fixed"]]
             assert rival["accuracy"] >= row["accuracy"] and versus["speedup"] == pytest.approx(rival["mean_ms"] / row["mean_ms"])
     assert report["beats_fixed"] == any(v["speedup"] is not None and v["speedup"] > 1 for v in report["against_fixed"].values())
+
+
+def test_a_hot_board_runs_base_variants_only_under_a_replayed_trace(
+    routed_built: tuple[Path, dict[int, dg.DepthGate]], real_images: np.ndarray, tmp_path: Path,
+) -> None:
+    folder, _ = routed_built
+    engines = linked_copy(folder, tmp_path / "cap", lambda m: m["operating_points"].append({"name": "base", "thresholds": [None, None], "depth": "TTT"}))
+    manifest = load_manifest(engines)
+    measured = {"full": {"mean_ms": 1.0, "accuracy": 0.93}, "routed": {"mean_ms": 0.8, "accuracy": 0.92}, "base": {"mean_ms": 0.6, "accuracy": 0.90}}
+    rungs = ladder(manifest, measured, names=["full", "routed", "base"])
+    assert [r.base_only for r in rungs] == [False, False, True]
+    with pytest.raises(PolicyError, match="base_only_above_c needs a point on the ladder that runs every stage at its base variant"):
+        Governor(rungs[:2], Policy(base_only_above_c=70.0))
+    temperatures = [50 + t for t in range(25)] + [74 - t for t in range(25)]  # up to 74 C and back down to 50
+    trace = tmp_path / "heat.csv"
+    trace.write_text("time,temp.tj,trip.tj.passive,trip.tj.hot\n" + "".join(f"{t},{c},85.0,95.0\n" for t, c in enumerate(temperatures)))
+    clock = [0.0]
+    source = ReplaySource(trace, clock=lambda: clock[0])
+    runtime = Runtime(engines, operating_point="routed")
+    governor = Governor(rungs, Policy(base_only_above_c=70.0, hysteresis_c=3.0, min_dwell_s=2.0), runtime.set_operating_point)
+    served = []
+    for t in range(len(temperatures)):
+        clock[0] = float(t)
+        reading = source.read()
+        governor.tick(clock[0], reading)
+        result = runtime.infer(real_images[:8])
+        served.append((reading.temperatures["tj"], runtime.depth, result.depths))
+    capped = [depth for temp, depth, _ in served if temp >= 70.0]
+    assert capped and set(capped) == {"TTT"}
+    cooling = [depth for temp, depth, _ in served[25:] if 67.0 < temp < 70.0]
+    assert cooling and set(cooling) == {"TTT"}  # within the hysteresis: still capped
+    assert served[0][1] == "FFF" and served[-1][1] == "FFF"  # cool: the most accurate point, before and after
+    back_up = [paths for temp, depth, paths in served[25:] if depth == "FGG"]
+    assert back_up and all(paths is not None and len(paths) == 8 for paths in back_up)  # one level at a time: per-input depth on the way
