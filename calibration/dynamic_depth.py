@@ -47,6 +47,7 @@ class DynamicDepthJob:
     test_samples: int = 0  # 0: the whole test split
     budget: float = 0.8  # routed mean latency over the full depth's, on calibration, from stage 0 full
     route_thresholds: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65, 0.8)
+    results: Path | None = None  # also write {"depth": report} here and the frontier PNG beside it (docs/results/dynamic.json)
 
 
 def dynamic_depth(job: DynamicDepthJob) -> dict[str, Any]:
@@ -135,6 +136,9 @@ def depth_report(
     }
     write_json_atomic(job.out / "dynamic-depth.json", report)
     plot_frontiers({"per-input depth": report}, job.out / "dynamic-depth.png")
+    if job.results is not None:
+        write_json_atomic(job.results, {"depth": report})
+        plot_frontiers({"per-input depth": report}, job.results.with_suffix(".png"))
     return report
 
 

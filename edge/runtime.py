@@ -236,7 +236,8 @@ class Runtime:
         single = self._one_engine(point, name, limits, precision or point.precision, depth or point.depth, whole)
         depths = None
         if ROUTED in (depth or point.depth):
-            probs, exits, segment_ms, depths = self._infer_routed(depth or point.depth, images, limits, point_criterion, point.route_threshold)
+            routed = self._infer_routed_one if len(images) == 1 else self._infer_routed
+            probs, exits, segment_ms, depths = routed(depth or point.depth, images, limits, point_criterion, point.route_threshold)
         elif single is not None:
             probs, exits, segment_ms = self._infer_single(single, images)
         elif len(images) == 1:
@@ -366,6 +367,30 @@ class Runtime:
             segment_ms[k] = (time.perf_counter() - start) * 1e3
             groups = following
         return all_probs, exits, segment_ms, taken
+
+    def _infer_routed_one(
+        self, depth: str, image: np.ndarray, limits: list[float], criterion: str, threshold: float,
+    ) -> tuple[np.ndarray, np.ndarray, list[float], list[str]]:
+        """Per-input depth at batch 1: no groups, the gate's choice read as one float."""
+        segment_ms = [0.0] * self.num_exits
+        variants = {FULL: self.backend, SKIP: self.backend_for("fp32", True)}
+        features = self.backend.upload(image)
+        letter, path, last = SKIP if depth[0] == SKIP else FULL, "", self.num_exits - 1
+        clock = time.perf_counter
+        before = clock()
+        for k, limit in enumerate(limits):
+            path += letter
+            routed_next = k < last and depth[k + 1] == ROUTED
+            features, probs, scores, skip_next = self._run_variant(variants[letter], k, features, None if limit == NEVER else criterion, routed_next)
+            now = clock()
+            segment_ms[k], before = (now - before) * 1e3, now
+            if scores is not None and (k == last or float(scores[0]) <= limit):
+                return probs, self._exit_ids[k], segment_ms, [path]  # type: ignore[return-value]
+            if routed_next:
+                letter = SKIP if float(skip_next[0]) >= threshold else FULL
+            elif k < last:
+                letter = SKIP if depth[k + 1] == SKIP else FULL
+        raise AssertionError("unreachable: the final exit always returns")
 
     @staticmethod
     def _run_variant(backend: Backend, k: int, features: Any, criterion: str | None, routed_next: bool) -> RoutedOutput:
