@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +124,7 @@ def depth_report(
     fixed = {n: r for n, r in rows.items() if r["shares"] is None}
     comparisons = {n: against_fixed(r, fixed) for n, r in rows.items() if r["shares"] is not None}
     front = pareto_front(list(rows), lambda n: rows[n]["mean_ms"], lambda n: rows[n]["accuracy"])
-    faster = [c for c in comparisons.values() if c["speedup"] is not None and c["speedup"] > 1.0]
+    faster = [c for c in comparisons.values() if c["speedup"] > 1.0]
     report = {
         "checkpoint": str(job.checkpoint), "dataset": job.data, "test_samples": samples, "batch": 1, "backend": "onnxruntime",
         "calibration": list(job.calibration), "budget": job.budget, "gate_alpha": gates.alpha,
@@ -143,22 +142,18 @@ def depth_report(
 
 
 def against_fixed(row: dict[str, Any], fixed: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The fastest fixed depth at least as accurate as `row`, and row's speed-up over it
-    (None where no fixed depth is that accurate: the row is then beyond them all)."""
+    """The fastest fixed depth at least as accurate as `row` (else the most accurate one)
+    and row's speed-up over it: above 1, row is faster at no loss of accuracy."""
     rivals = [(r["mean_ms"], n) for n, r in fixed.items() if r["accuracy"] >= row["accuracy"]]
-    if not rivals:
-        return {"fixed": None, "speedup": None, "accuracy_over_best_fixed": row["accuracy"] - max(r["accuracy"] for r in fixed.values())}
-    ms, name = min(rivals)
-    return {"fixed": name, "speedup": ms / row["mean_ms"] if row["mean_ms"] > 0 else math.inf, "accuracy_over_best_fixed": None}
-
+    name = min(rivals)[1] if rivals else max(fixed, key=lambda n: fixed[n]["accuracy"])
+    rival = fixed[name]
+    return {"fixed": name, "speedup": rival["mean_ms"] / row["mean_ms"], "accuracy_gain": row["accuracy"] - rival["accuracy"]}
 
 
 def print_summary(report: dict[str, Any]) -> None:
     for name, row in report["points"].items():
         versus = report["against_fixed"].get(name)
-        note = ""
-        if versus is not None:
-            note = f"  {versus['speedup']:.3f}x vs {versus['fixed']}" if versus["fixed"] else f"  +{100 * versus['accuracy_over_best_fixed']:.2f} pt over every fixed depth"
+        note = "" if versus is None else f"  {versus['speedup']:.3f}x vs {versus['fixed']} ({100 * versus['accuracy_gain']:+.2f} pt)"
         print(f"{name:24s} {100 * row['accuracy']:6.2f}%  {row['mean_ms']:.3f} ms{note}")
     best = report["best_speedup"]
     print(f"per-input depth beats every fixed depth at equal accuracy: {report['beats_fixed']}" + (f" (best {best:.3f}x)" if best else ""))
