@@ -46,6 +46,7 @@ class DynamicDepthJob:
     test_samples: int = 0  # 0: the whole test split
     budget: float = 0.8  # routed mean latency over the full depth's, on calibration, from stage 0 full
     route_thresholds: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65, 0.8)
+    same_accuracy: float = 0.001  # fixed depths within this much (0.1 pt: ten of 10k images) count as equally accurate
     results: Path | None = None  # also write {"depth": report} here and the frontier PNG beside it (docs/results/dynamic.json)
 
 
@@ -122,12 +123,12 @@ def depth_report(
                      "accuracy": measured[p.name].accuracy, "mean_ms": measured[p.name].mean_ms, "shares": shares.get(p.name)}
             for p in points}
     fixed = {n: r for n, r in rows.items() if r["shares"] is None}
-    comparisons = {n: against_fixed(r, fixed) for n, r in rows.items() if r["shares"] is not None}
+    comparisons = {n: against_fixed(r, fixed, job.same_accuracy) for n, r in rows.items() if r["shares"] is not None}
     front = pareto_front(list(rows), lambda n: rows[n]["mean_ms"], lambda n: rows[n]["accuracy"])
     faster = [c for c in comparisons.values() if c["speedup"] > 1.0]
     report = {
         "checkpoint": str(job.checkpoint), "dataset": job.data, "test_samples": samples, "batch": 1, "backend": "onnxruntime",
-        "calibration": list(job.calibration), "budget": job.budget, "gate_alpha": gates.alpha,
+        "calibration": list(job.calibration), "budget": job.budget, "same_accuracy": job.same_accuracy, "gate_alpha": gates.alpha,
         "gate_calibration": {"accuracy": gates.outcome.accuracy, "relative_cost": gates.outcome.relative_cost, "shares": gates.outcome.shares},
         "fixed_cost_ms": fixed_ms, "points": rows, "against_fixed": comparisons, "pareto": front,
         "best_speedup": max((c["speedup"] for c in faster), default=None),
@@ -141,10 +142,11 @@ def depth_report(
     return report
 
 
-def against_fixed(row: dict[str, Any], fixed: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The fastest fixed depth at least as accurate as `row` (else the most accurate one)
+def against_fixed(row: dict[str, Any], fixed: dict[str, dict[str, Any]], tolerance: float = 0.0) -> dict[str, Any]:
+    """The fastest fixed depth at least as accurate as `row`, less `tolerance` (a
+    difference of a few test images is noise, not accuracy), else the most accurate one;
     and row's speed-up over it: above 1, row is faster at no loss of accuracy."""
-    rivals = [(r["mean_ms"], n) for n, r in fixed.items() if r["accuracy"] >= row["accuracy"]]
+    rivals = [(r["mean_ms"], n) for n, r in fixed.items() if r["accuracy"] >= row["accuracy"] - tolerance]
     name = min(rivals)[1] if rivals else max(fixed, key=lambda n: fixed[n]["accuracy"])
     rival = fixed[name]
     return {"fixed": name, "speedup": rival["mean_ms"] / row["mean_ms"], "accuracy_gain": row["accuracy"] - rival["accuracy"]}

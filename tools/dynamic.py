@@ -22,13 +22,14 @@ def parse_args(argv: list[str] | None) -> DynamicDepthJob:
     p.add_argument("--calibration", default="30000:40000", help="training images the network did not see, START:STOP (gates and their costs)")
     p.add_argument("--test-samples", type=int, default=0, help="0 = the whole test split")
     p.add_argument("--budget", type=float, default=0.8, help="the gates' mean latency over the full depth's, on calibration images")
+    p.add_argument("--same-accuracy", type=float, default=0.1, help="points: fixed depths this close in accuracy count as equal (noise)")
     p.add_argument("--results", type=Path, help="also write the report here as {\"depth\": ...} and its PNG beside it (docs/results/dynamic.json)")
     p.add_argument("--route-thresholds", default="0.2,0.35,0.5,0.65,0.8", help="skip a stage when its gate says >= this; comma-separated")
     a = p.parse_args(argv)
     thresholds = tuple(float(t) for t in a.route_thresholds.split(","))
     start, _, stop = a.calibration.partition(":")
     return DynamicDepthJob(a.checkpoint, a.out, a.data, (int(start), int(stop)), test_samples=a.test_samples, budget=a.budget,
-                           route_thresholds=thresholds, results=a.results)
+                           route_thresholds=thresholds, same_accuracy=a.same_accuracy / 100, results=a.results)
 
 
 def main(argv: list[str] | None = None) -> int:
