@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from edge.atomic import sha256_file
 from edge.errors import ManifestError
-from edge.manifest import MANIFEST_NAME, SCHEMA_VERSION, OperatingPoint, load_manifest, save_manifest
+from edge.manifest import MANIFEST_NAME, SCHEMA_VERSION, OperatingPoint, SegmentInfo, TensorInfo, depth_problem, load_manifest, save_manifest
 from tests.helpers import read_manifest_json, write_manifest_json
 
 
@@ -304,3 +305,18 @@ def test_every_field_set_away_from_its_default_survives_a_save_under_its_documen
     assert [s["base"] for s in written["segments"]] == [s.base for s in manifest.segments]
     reread = load_manifest(tmp_path, verify_files=False)
     assert replace(reread, root=manifest.root) == odd
+
+
+def test_the_engine_lookups_name_what_is_missing_exactly() -> None:
+    segment = SegmentInfo(
+        name="segment_0", file="segment_0.onnx", sha256="0" * 64, input=TensorInfo("input", ["batch", 1, 8, 8]),
+        features_output="features", probs_output="probs", score_output="entropy", exit_index=0,
+        variants={"int8": {"file": "segment_0.int8.onnx", "sha256": "1" * 64}}, base={"file": "segment_0.base.onnx", "sha256": "2" * 64},
+    )
+    assert segment.file_for("int8") == "segment_0.int8.onnx" and segment.file_for("fp32", skip=True) == "segment_0.base.onnx"
+    with pytest.raises(ManifestError, match=re.escape("segment_0: base variants are fp32 only, not 'int8'")):
+        segment.file_for("int8", skip=True)
+    with pytest.raises(ManifestError, match=re.escape("segment_0 has no 'fp16' engine; it has ['fp32', 'int8']")):
+        segment.file_for("fp16")
+    problem = depth_problem("TTF", [("layer1", False), ("layer2", False), ("layer3", True)])
+    assert problem == "depth 'TTF': layer1, layer2 cannot skip (no skippable sub-path, so no base variant)"
