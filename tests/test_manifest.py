@@ -293,10 +293,11 @@ def test_every_field_set_away_from_its_default_survives_a_save_under_its_documen
     manifest = load_manifest(adaptive_built)
     point = OperatingPoint("odd", [0.25, None], criterion="maxprob", depth="TFT", measured={"mean_ms": 1.5, "accuracy": 0.9})
     tensorrt = {"version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "plans": {}}
-    odd = replace(manifest, operating_points=[*manifest.operating_points, point], tensorrt=tensorrt)
+    profile = {"device": "cpu", "threads": 2, "fp32": {"1": {"segments": [{"mean_ms": 0.1}]}}}
+    odd = replace(manifest, operating_points=[*manifest.operating_points, point], tensorrt=tensorrt, profile=profile)
     save_manifest(odd, tmp_path / MANIFEST_NAME)
     written = json.loads((tmp_path / MANIFEST_NAME).read_text())
-    assert written["tensorrt"] == tensorrt
+    assert written["tensorrt"] == tensorrt and written["profile"] == profile
     last = written["operating_points"][-1]
     assert {k: last[k] for k in ("name", "thresholds", "criterion", "precision", "depth", "measured")} == {
         "name": "odd", "thresholds": [0.25, None], "criterion": "maxprob", "precision": "fp32", "depth": "TFT",
@@ -320,3 +321,27 @@ def test_the_engine_lookups_name_what_is_missing_exactly() -> None:
         segment.file_for("fp16")
     problem = depth_problem("TTF", [("layer1", False), ("layer2", False), ("layer3", True)])
     assert problem == "depth 'TTF': layer1, layer2 cannot skip (no skippable sub-path, so no base variant)"
+    with pytest.raises(ManifestError, match=re.escape("segment_0 has no 'gate' score; it has ['entropy']")):
+        segment.score_of("gate")
+
+
+def test_a_whole_engine_of_its_own_is_hash_checked_and_errors_say_which_file_and_manifest(built_copy: Path) -> None:
+    data = read_manifest_json(built_copy)
+    whole = built_copy / "whole.onnx"
+    whole.write_bytes((built_copy / data["static_model"]["file"]).read_bytes() + b"\0")  # a file of its own
+    data["whole_model"] = {"file": "whole.onnx", "sha256": sha256_file(whole)}
+    write_manifest_json(built_copy, data)
+    assert load_manifest(built_copy).whole_model == data["whole_model"]
+    whole.write_bytes(whole.read_bytes() + b"\0")
+    actual, expected = sha256_file(whole), data["whole_model"]["sha256"]
+    message = (f"{whole}: sha256 {actual[:12]}... does not match the manifest's {expected[:12]}... "
+               "(file changed or corrupt since build; rebuild with edge-build-engines)")
+    with pytest.raises(ManifestError, match=re.escape(message)):
+        load_manifest(built_copy)
+    data["whole_model"] = None  # a static model and no whole engine: only the static file is checked
+    write_manifest_json(built_copy, data)
+    assert load_manifest(built_copy).whole_model is None
+    data["exits"] = data["exits"][:-1]
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match=re.escape(f"{built_copy / MANIFEST_NAME}: segments and exits must pair up in order")):
+        load_manifest(built_copy)
