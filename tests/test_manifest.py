@@ -345,3 +345,29 @@ def test_a_whole_engine_of_its_own_is_hash_checked_and_errors_say_which_file_and
     write_manifest_json(built_copy, data)
     with pytest.raises(ManifestError, match=re.escape(f"{built_copy / MANIFEST_NAME}: segments and exits must pair up in order")):
         load_manifest(built_copy)
+
+
+TYPE_ERRORS = {  # what a wrong type reads as: the key and the type it got
+    "static file": (lambda d: d.update(static_model={"file": 5, "sha256": "00"}), "'file' must be a string, got int"),
+    "static sha256": (lambda d: d.update(static_model={"file": "static.onnx", "sha256": 5.0}), "'sha256' must be a string, got float"),
+    "variants": (lambda d: d["segments"][0].update(variants=[]), "'variants' must be an object, got list"),
+    "variant file": (lambda d: d["segments"][0].update(variants={"int8": {"file": 5, "sha256": "00"}}), "'file' must be a string, got int"),
+    "variant sha256": (lambda d: d["segments"][0].update(variants={"int8": {"file": "a.onnx", "sha256": None}}), "'sha256' must be a string, got NoneType"),
+    "profile": (lambda d: d.update(profile=[]), "'profile' must be an object, got list"),
+    "tensorrt list": (lambda d: d.update(tensorrt=[]), "'tensorrt' must be an object with 'plans'"),
+    "tensorrt plans": (lambda d: d.update(tensorrt={"plans": 5}), "'tensorrt' must be an object with 'plans'"),
+    "plan file": (lambda d: d.update(tensorrt={"version": "10", "gpu": "Orin", "compute_capability": "8.7", "plans": {"p": {"file": 5, "sha256": "00"}}}),
+                  "'file' must be a string, got int"),
+    "plan sha256": (lambda d: d.update(tensorrt={"version": "10", "gpu": "Orin", "compute_capability": "8.7", "plans": {"p": {"file": "p.plan", "sha256": 5}}}),
+                    "'sha256' must be a string, got int"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TYPE_ERRORS))
+def test_a_value_of_the_wrong_type_is_named_with_its_key_and_type(built_copy: Path, case: str) -> None:
+    edit, expected = TYPE_ERRORS[case]
+    data = read_manifest_json(built_copy)
+    edit(data)
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match=re.escape(f"{built_copy / MANIFEST_NAME}: malformed manifest (TypeError: {expected})")):
+        load_manifest(built_copy)
