@@ -292,9 +292,11 @@ def test_every_field_set_away_from_its_default_survives_a_save_under_its_documen
     would read back as its default there. Here nothing is at its default."""
     manifest = load_manifest(adaptive_built)
     point = OperatingPoint("odd", [0.25, None], criterion="maxprob", depth="TFT", measured={"mean_ms": 1.5, "accuracy": 0.9})
-    tensorrt = {"version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "plans": {}}
+    plans = {"segment_0.onnx@fp16": {"file": "a.plan", "sha256": "0" * 64, "precision": "fp16"}}
+    tensorrt = {"version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "plans": plans}
     profile = {"device": "cpu", "threads": 2, "fp32": {"1": {"segments": [{"mean_ms": 0.1}]}}}
-    odd = replace(manifest, operating_points=[*manifest.operating_points, point], tensorrt=tensorrt, profile=profile)
+    odd = replace(manifest, operating_points=[*manifest.operating_points, point], tensorrt=tensorrt, profile=profile,
+                  input=replace(manifest.input, dtype="float16"))
     save_manifest(odd, tmp_path / MANIFEST_NAME)
     written = json.loads((tmp_path / MANIFEST_NAME).read_text())
     assert written["tensorrt"] == tensorrt and written["profile"] == profile
@@ -358,6 +360,13 @@ TYPE_ERRORS = {  # what a wrong type reads as: the key and the type it got
     "tensorrt plans": (lambda d: d.update(tensorrt={"plans": 5}), "'tensorrt' must be an object with 'plans'"),
     "plan file": (lambda d: d.update(tensorrt={"version": "10", "gpu": "Orin", "compute_capability": "8.7", "plans": {"p": {"file": 5, "sha256": "00"}}}),
                   "'file' must be a string, got int"),
+    "trt version": (lambda d: d.update(tensorrt={"version": 10, "gpu": "Orin", "compute_capability": "8.7", "plans": {}}), "'version' must be a string, got int"),
+    "trt gpu": (lambda d: d.update(tensorrt={"version": "10", "gpu": 1, "compute_capability": "8.7", "plans": {}}), "'gpu' must be a string, got int"),
+    "trt capability": (lambda d: d.update(tensorrt={"version": "10", "gpu": "Orin", "compute_capability": 8.7, "plans": {}}),
+                       "'compute_capability' must be a string, got float"),
+    "segment file": (lambda d: d["segments"][1].update(file=5), "'file' must be a string, got int"),
+    "segment sha256": (lambda d: d["segments"][1].update(sha256=[]), "'sha256' must be a string, got list"),
+    "segment score": (lambda d: d["segments"][0].update(score_outputs={"entropy": 3}), "'score_outputs' must be a string, got int"),
     "plan sha256": (lambda d: d.update(tensorrt={"version": "10", "gpu": "Orin", "compute_capability": "8.7", "plans": {"p": {"file": "p.plan", "sha256": 5}}}),
                     "'sha256' must be a string, got int"),
 }
@@ -371,3 +380,47 @@ def test_a_value_of_the_wrong_type_is_named_with_its_key_and_type(built_copy: Pa
     write_manifest_json(built_copy, data)
     with pytest.raises(ManifestError, match=re.escape(f"{built_copy / MANIFEST_NAME}: malformed manifest (TypeError: {expected})")):
         load_manifest(built_copy)
+
+
+def test_a_plan_without_a_precision_is_fp32_and_a_segment_without_outputs_lists_none(built_copy: Path) -> None:
+    data = read_manifest_json(built_copy)
+    data["tensorrt"] = {"version": "10", "gpu": "Orin", "compute_capability": "8.7", "plans": {"p": {"file": "p.plan", "sha256": "0" * 64}}}
+    del data["segments"][1]["outputs"]
+    write_manifest_json(built_copy, data)
+    manifest = load_manifest(built_copy, verify_files=False)
+    assert manifest.tensorrt["plans"]["p"]["precision"] == "fp32" and manifest.segments[1].outputs == []  # type: ignore[index]
+
+
+CONSISTENCY = {  # a manifest edit, and the error it must give
+    "middle segment without features": (lambda d: d["segments"][1].update(features_output=None), "every segment but the last must output features"),
+    "criterion no segment has": (lambda d: d["operating_points"][0].update(criterion="gate"),
+                                 "operating point 'full' uses criterion 'gate', which segment_0, segment_1 do(es) not output"),
+    "unknown engine": (lambda d: d["operating_points"][0].update(engine="gpu"), "operating point 'full' runs engine 'gpu'; it must be 'chain' or 'static'"),
+    "static point without a static model": (lambda d: d.update(static_model=None, whole_model=None) or d["operating_points"][0].update(engine="static"),
+                                            "operating point 'full' runs the static engine, which this manifest does not have"),
+    "static point at int8": (lambda d: d["operating_points"][0].update(engine="static", precision="int8"),
+                             "static operating point 'full' can have no thresholds, depth or precision but fp32"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONSISTENCY))
+def test_an_inconsistent_manifest_says_exactly_what_is_wrong(built_copy: Path, case: str) -> None:
+    edit, expected = CONSISTENCY[case]
+    data = read_manifest_json(built_copy)
+    edit(data)
+    write_manifest_json(built_copy, data)
+    with pytest.raises(ManifestError, match=re.escape(f"{built_copy / MANIFEST_NAME}: {expected}")):
+        load_manifest(built_copy, verify_files=False)
+
+
+def test_base_variants_are_read_from_schema_version_3_on(adaptive_built: Path, tmp_path: Path) -> None:
+    data = json.loads((adaptive_built / MANIFEST_NAME).read_text())
+    data["schema_version"] = 3
+    data["operating_points"] = [p for p in data["operating_points"] if p.get("engine") != "static"]
+    data["default_operating_point"] = data["operating_points"][0]["name"]
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    assert load_manifest(tmp_path, verify_files=False).adaptive
+    data["schema_version"] = 2
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="base variants need schema version 3, this manifest says 2"):
+        load_manifest(tmp_path, verify_files=False)
