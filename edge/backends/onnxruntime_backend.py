@@ -216,10 +216,7 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"segment {index}: no engine loaded (backend closed or never loaded)") from None
         except KeyError:
             raise BackendError(f"segment {index} has no {criterion!r} score; it has {sorted(self._fetches[index])}") from None
-        try:
-            outputs = self._runners[index](fetch, {self._feeds[index]: features}, None)
-        except Exception as exc:  # onnxruntime's errors are untyped
-            raise BackendError(f"segment {index} failed in onnxruntime: {exc}") from exc
+        outputs = self._call(self._runners[index], index, fetch, features)
         if len(outputs) == 3:
             return ExitOutput(outputs[0], outputs[1], outputs[2])
         return ExitOutput(None, outputs[0], outputs[1])
@@ -240,13 +237,16 @@ class OnnxRuntimeBackend(Backend):
         except KeyError:
             raise BackendError(f"segment {index} has no depth gate (skip_next) under {criterion!r}") from None
         run = self._route_trunk_runners.get(index, self._runners[index]) if criterion is None else self._runners[index]
-        try:
-            outputs = run(fetch, {self._feeds[index]: features}, None)
-        except Exception as exc:  # onnxruntime's errors are untyped
-            raise BackendError(f"segment {index} failed in onnxruntime: {exc}") from exc
+        outputs = self._call(run, index, fetch, features)
         if criterion is None:
             return RoutedOutput(outputs[0], None, None, outputs[1])
         return RoutedOutput(outputs[0], outputs[1], outputs[2], outputs[3])
+
+    def _call(self, run: Callable[[list[str], dict[str, Any], Any], list[np.ndarray]], index: int, fetch: list[str], features: Features) -> list[np.ndarray]:
+        try:
+            return run(fetch, {self._feeds[index]: features}, None)
+        except Exception as exc:  # onnxruntime's errors are untyped
+            raise BackendError(f"segment {index} failed in onnxruntime: {exc}") from exc
 
     def take(self, features: Features, rows: np.ndarray) -> Features:
         return np.ascontiguousarray(features[rows])
