@@ -29,6 +29,7 @@ from calibration.plots.dynamic import plot_frontiers
 from calibration.points import check_data
 from calibration.train import set_threads
 from edge.atomic import write_json_atomic
+from edge.errors import UserError
 from edge.frontier import pareto_front
 from edge.manifest import FULL, ROUTED, SKIP, OperatingPoint
 from edge.runtime import Runtime
@@ -55,6 +56,9 @@ def dynamic_depth(job: DynamicDepthJob) -> dict[str, Any]:
     set_threads()
     test = load_dataset(job.data, "test")
     calibration = load_dataset(job.data, "train").subset(slice(*job.calibration))
+    if len(calibration) < 100:
+        raise UserError(f"calibration images {job.calibration[0]}:{job.calibration[1]} of {job.data}'s training split: "
+                        f"{len(calibration)} there, the gates need at least 100")
     net, _ = load_networks(job.checkpoint, None, test)
     check_data(net, test, job.data)
     backbone = dg.adaptive_stages(net)

@@ -157,6 +157,9 @@ def test_the_dynamic_report_compares_every_per_input_point_with_the_fixed_depths
     out = tmp_path / "dynamic"
     assert run_main(dynamic_tool.main, ["--checkpoint", str(tmp_path / "adn.pt"), "--data", "digits", "--out", str(out),
                                         "--calibration", "0:400", "--test-samples", "150", "--route-thresholds", "0.3,0.7", "--same-accuracy", "0.5"]) == 0
+    assert run_main(dynamic_tool.main, ["--checkpoint", str(tmp_path / "adn.pt"), "--data", "digits", "--out", str(out), "--calibration", "5000:6000"]) == 1
+    with pytest.raises(SystemExit):
+        dynamic_tool.parse_args(["--checkpoint", "x.pt", "--out", "o", "--calibration", "40000"])
     report = json.loads((out / "dynamic-depth.json").read_text())
     assert report["same_accuracy"] == pytest.approx(0.005)
     assert (out / "dynamic-depth.png").stat().st_size > 10_000

@@ -14,12 +14,19 @@ from calibration.dynamic_depth import DynamicDepthJob, dynamic_depth, print_summ
 from tools._cli import run_main
 
 
+def span(text: str) -> tuple[int, int]:
+    start, sep, stop = text.partition(":")
+    if not (sep and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
+        raise argparse.ArgumentTypeError(f"expected START:STOP with START < STOP, e.g. 30000:40000, got {text!r}")
+    return int(start), int(stop)
+
+
 def parse_args(argv: list[str] | None) -> DynamicDepthJob:
     p = argparse.ArgumentParser(prog="edge-dynamic", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="adaptive-exits.pt from edge-train-adaptive")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--calibration", default="30000:40000", help="training images the network did not see, START:STOP (gates and their costs)")
+    p.add_argument("--calibration", type=span, default=(30000, 40000), help="training images the network did not see, START:STOP (gates and their costs)")
     p.add_argument("--test-samples", type=int, default=0, help="0 = the whole test split")
     p.add_argument("--budget", type=float, default=0.8, help="the gates' mean latency over the full depth's, on calibration images")
     p.add_argument("--same-accuracy", type=float, default=0.1, help="points: fixed depths this close in accuracy count as equal (noise)")
@@ -27,8 +34,7 @@ def parse_args(argv: list[str] | None) -> DynamicDepthJob:
     p.add_argument("--route-thresholds", default="0.2,0.35,0.5,0.65,0.8", help="skip a stage when its gate says >= this; comma-separated")
     a = p.parse_args(argv)
     thresholds = tuple(float(t) for t in a.route_thresholds.split(","))
-    start, _, stop = a.calibration.partition(":")
-    return DynamicDepthJob(a.checkpoint, a.out, a.data, (int(start), int(stop)), test_samples=a.test_samples, budget=a.budget,
+    return DynamicDepthJob(a.checkpoint, a.out, a.data, a.calibration, test_samples=a.test_samples, budget=a.budget,
                            route_thresholds=thresholds, same_accuracy=a.same_accuracy / 100, results=a.results)
 
 
