@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from calibration import depth_gates as dg
-from calibration import pipeline
 from calibration.adaptive_report import load_networks
 from calibration.data import Dataset, load_dataset
 from calibration.evaluate import Measurement, measure_interleaved, runtime_config
@@ -63,7 +62,8 @@ def dynamic_depth(job: DynamicDepthJob) -> dict[str, Any]:
     check_data(net, test, job.data)
     backbone = dg.adaptive_stages(net)
     depths = backbone.depth_configs()
-    fixed_ms = fixed_depth_costs(pipeline.build(net, test, job.out / "fixed", "fixed").root, depths, calibration.subset(slice(0, job.cost_samples)))
+    fixed = build_engines(net, job.out / "fixed", test.classes, test.images[:16], options=BuildOptions(name="fixed-depths", include_static=False))
+    fixed_ms = fixed_depth_costs(fixed.root, depths, calibration.subset(slice(0, job.cost_samples)))
     firsts = FULL + (SKIP if backbone.stages[0].can_skip else "")
     tree = dg.depth_tree(net, calibration, firsts)
     costs = dg.relative_costs(tree, fixed_ms)

@@ -28,7 +28,7 @@ import numpy as np
 from edge.backends import Backend, create_backend
 from edge.backends.base import RoutedOutput, StaticEngine
 from edge.errors import BackendError, InputError, ManifestError
-from edge.manifest import FULL, ROUTED, SKIP, STATIC, Manifest, load_manifest
+from edge.manifest import FULL, ROUTE_THRESHOLD, ROUTED, SKIP, STATIC, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class _Point(NamedTuple):
     steps: list[_Step]
     static: bool = False  # runs the static engine (the chain's steps serve per-call overrides)
     all_off: bool = False  # every exit off at fp32 and full depth: the whole engine can run it
-    route_threshold: float = 0.5  # G letters: a stage skips for inputs whose gate says >= this
+    route_threshold: float = ROUTE_THRESHOLD  # G letters: a stage skips for inputs whose gate says >= this
 
 
 class Runtime:
@@ -94,8 +94,9 @@ class Runtime:
         try:
             for precision in self._extra_precisions(precisions):
                 self._backends[(precision, False)] = self._load_variant(precision, False)
+            self._variants = {FULL: self.backend}  # per-input depth: the engine a routed group runs, by its letter
             if self.manifest.adaptive:  # base variants are fp32 only
-                self._backends[("fp32", True)] = self._load_variant("fp32", True)
+                self._backends[("fp32", True)] = self._variants[SKIP] = self._load_variant("fp32", True)
             self._static, self._no_static = self._load_static()
             self._whole = self._load_whole()
             self._point = self._resolved(operating_point or self._default_point())
@@ -338,9 +339,9 @@ class Runtime:
         n = len(images)
         all_probs = np.empty((n, len(self.manifest.classes)), dtype=np.float32)
         exits = np.empty(n, dtype=np.int64)
-        taken = [""] * n
+        taken = np.empty(n, dtype=object)
         segment_ms = [0.0] * self.num_exits
-        variants = {FULL: self.backend, SKIP: self.backend_for("fp32", True)}
+        variants = self._variants  # a G letter passed check_depth, so the base variants are loaded
         groups = [_Group(np.arange(n), self.backend.upload(images), SKIP if depth[0] == SKIP else FULL, "")]
         last = self.num_exits - 1
         for k, limit in enumerate(limits):
@@ -355,8 +356,7 @@ class Runtime:
                     leave = np.ones(len(rows), dtype=bool) if k == last else out.scores <= np.float64(limit)
                     all_probs[rows[leave]] = out.probs[leave]  # type: ignore[index]
                     exits[rows[leave]] = k
-                    for row in rows[leave]:
-                        taken[row] = path
+                    taken[rows[leave]] = path
                     if leave.all():
                         continue
                     if leave.any():
@@ -366,14 +366,14 @@ class Runtime:
                 following += _split(backend, rows, features, path, depth[k + 1], skip_next, threshold)
             segment_ms[k] = (time.perf_counter() - start) * 1e3
             groups = following
-        return all_probs, exits, segment_ms, taken
+        return all_probs, exits, segment_ms, taken.tolist()
 
     def _infer_routed_one(
         self, depth: str, image: np.ndarray, limits: list[float], criterion: str, threshold: float,
     ) -> tuple[np.ndarray, np.ndarray, list[float], list[str]]:
         """Per-input depth at batch 1: no groups, the gate's choice read as one float."""
         segment_ms = [0.0] * self.num_exits
-        variants = {FULL: self.backend, SKIP: self.backend_for("fp32", True)}
+        variants = self._variants
         features = self.backend.upload(image)
         letter, path, last = SKIP if depth[0] == SKIP else FULL, "", self.num_exits - 1
         clock = time.perf_counter

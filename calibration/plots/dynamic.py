@@ -34,5 +34,4 @@ def plot_frontiers(reports: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def _fixed_front(fixed: dict[str, dict[str, Any]]) -> set[str]:
-
     return set(pareto_front(list(fixed), lambda n: fixed[n]["mean_ms"], lambda n: fixed[n]["accuracy"]))

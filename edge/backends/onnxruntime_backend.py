@@ -125,8 +125,9 @@ class OnnxRuntimeBackend(Backend):
             _check_interface(path, session, feed, fetches)
         self._trunk_fetches = [[s.features_output or ""] for s in manifest.segments[:-1]]  # set on every early segment (the manifest checks)
         self._route_fetches = [_route_fetch_names(s, fetches) for s, fetches in zip(manifest.segments, self._fetches)]
-        for path, session, feed, routed in zip(files, self._sessions, self._feeds, self._route_fetches):
-            _check_interface(path, session, feed, {str(c): names for c, names in routed.items()})
+        for path, session, feed, segment in zip(files, self._sessions, self._feeds, manifest.segments):
+            if segment.route_output is not None:
+                _check_interface(path, session, feed, {"depth gate": [segment.route_output]})
         if self.trunks:
             trunks = [self._trunk_session(path, s, options) for path, s in zip(files, manifest.segments[:-1])]
             self._trunk_runners = [self.runner(session) for session in trunks]
