@@ -1,4 +1,6 @@
-"""Per-input depth against every fixed depth, measured through the runtime (docs/dynamic.md).
+"""Per-input depth (or width) against every fixed configuration, measured through the
+runtime (docs/dynamic.md). A network of narrow and wide stages (engines.slimmable) runs
+the same steps: its base variants are narrow instead of shallow.
 
 1. Build the adaptive network's engines and time every fixed depth configuration on
    training images the network did not see (batch 1, interleaved, exits off).
@@ -13,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +33,7 @@ from calibration.train import set_threads
 from edge.atomic import write_json_atomic
 from edge.errors import UserError
 from edge.frontier import pareto_front
-from edge.manifest import FULL, ROUTED, SKIP, OperatingPoint
+from edge.manifest import FULL, ROUTED, SKIP, STAGE_VARIANTS, OperatingPoint
 from edge.runtime import Runtime
 from engines.adaptive import AdaptiveBackbone
 from engines.build import BuildOptions, build_engines
@@ -47,11 +50,12 @@ class DynamicDepthJob:
     budget: float = 0.8  # routed mean latency over the full depth's, on calibration, from stage 0 full
     route_thresholds: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65, 0.8)
     same_accuracy: float = 0.001  # fixed depths within this much (0.1 pt: ten of 10k images) count as equally accurate
-    results: Path | None = None  # also write {"depth": report} here and the frontier PNG beside it (docs/results/dynamic.json)
+    results: Path | None = None  # also write {"depth" or "width": report} here (other keys kept) and the frontier PNG beside it (docs/results/dynamic.json)
 
 
 def dynamic_depth(job: DynamicDepthJob) -> dict[str, Any]:
-    """Build, train, measure; writes dynamic-depth.json and its frontier PNG under `job.out`."""
+    """Build, train, measure; writes dynamic-depth.json (dynamic-width.json) and its
+    frontier PNG under `job.out`."""
     set_threads()
     test = load_dataset(job.data, "test")
     calibration = load_dataset(job.data, "train").subset(slice(*job.calibration))
@@ -70,7 +74,7 @@ def dynamic_depth(job: DynamicDepthJob) -> dict[str, Any]:
     gates = dg.depth_gates_for_budget(tree, costs, job.budget)
     points = depth_points(backbone, depths, firsts, job.route_thresholds)
     manifest = build_engines(net, job.out / "engines", test.classes, test.images[:16], points=points,
-                             options=BuildOptions(name="per-input-depth", include_static=False),
+                             options=BuildOptions(name=f"per-input-{backbone.variant_kind}", include_static=False),
                              routers=dg.routers(gates.gates, net.num_exits))
     runtime = Runtime(manifest)
     try:
@@ -79,7 +83,7 @@ def dynamic_depth(job: DynamicDepthJob) -> dict[str, Any]:
         shares = {p.name: depth_shares(runtime, p.name, table) for p in points if ROUTED in (p.depth or "")}
     finally:
         runtime.close()
-    return depth_report(job, points, measured, shares, gates, fixed_ms, len(table))
+    return depth_report(job, backbone.variant_kind, points, measured, shares, gates, fixed_ms, len(table))
 
 
 def fixed_depth_costs(engines: Path, depths: list[str], data: Dataset) -> dict[str, float]:
@@ -120,7 +124,7 @@ def depth_shares(runtime: Runtime, point: str, data: Dataset, batch: int = 50) -
 
 
 def depth_report(
-    job: DynamicDepthJob, points: list[OperatingPoint], measured: dict[str, Measurement], shares: dict[str, dict[str, float]],
+    job: DynamicDepthJob, kind: str, points: list[OperatingPoint], measured: dict[str, Measurement], shares: dict[str, dict[str, float]],
     gates: dg.DepthGateResult, fixed_ms: dict[str, float], samples: int,
 ) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {p.name: {"depth": p.depth, "route_threshold": p.route_threshold if p.name in shares else None,
@@ -131,19 +135,31 @@ def depth_report(
     front = pareto_front(list(rows), lambda n: rows[n]["mean_ms"], lambda n: rows[n]["accuracy"])
     faster = [c for c in comparisons.values() if c["speedup"] > 1.0]
     report = {
-        "checkpoint": str(job.checkpoint), "dataset": job.data, "test_samples": samples, "batch": 1, "backend": "onnxruntime",
+        "variants": kind, "checkpoint": str(job.checkpoint), "dataset": job.data, "test_samples": samples, "batch": 1, "backend": "onnxruntime",
         "calibration": list(job.calibration), "budget": job.budget, "same_accuracy": job.same_accuracy, "gate_alpha": gates.alpha,
         "gate_calibration": {"accuracy": gates.outcome.accuracy, "relative_cost": gates.outcome.relative_cost, "shares": gates.outcome.shares},
         "fixed_cost_ms": fixed_ms, "points": rows, "against_fixed": comparisons, "pareto": front,
         "best_speedup": max((c["speedup"] for c in faster), default=None),
         "beats_fixed": bool(faster),
     }
-    write_json_atomic(job.out / "dynamic-depth.json", report)
-    plot_frontiers({"per-input depth": report}, job.out / "dynamic-depth.png")
+    write_json_atomic(job.out / f"dynamic-{kind}.json", report)
+    plot_frontiers({f"per-input {kind}": report}, job.out / f"dynamic-{kind}.png")
     if job.results is not None:
-        write_json_atomic(job.results, {"depth": report})
-        plot_frontiers({"per-input depth": report}, job.results.with_suffix(".png"))
+        reports = merged_results(job.results, kind, report)
+        write_json_atomic(job.results, reports)
+        plot_frontiers({f"per-input {k}": r for k, r in reports.items()}, job.results.with_suffix(".png"))
     return report
+
+
+def merged_results(path: Path, kind: str, report: dict[str, Any]) -> dict[str, Any]:
+    """The results file's reports with `kind`'s replaced: the depth and the width runs
+    share one file and one figure."""
+    try:
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        previous = {}  # a broken file is rewritten, not merged
+    merged = {**(previous if isinstance(previous, dict) else {}), kind: report}
+    return {k: merged[k] for k in STAGE_VARIANTS if k in merged}  # depth first, then width
 
 
 def against_fixed(row: dict[str, Any], fixed: dict[str, dict[str, Any]], tolerance: float = 0.0) -> dict[str, Any]:
@@ -162,4 +178,5 @@ def print_summary(report: dict[str, Any]) -> None:
         note = "" if versus is None else f"  {versus['speedup']:.3f}x vs {versus['fixed']} ({100 * versus['accuracy_gain']:+.2f} pt)"
         print(f"{name:24s} {100 * row['accuracy']:6.2f}%  {row['mean_ms']:.3f} ms{note}")
     best = report["best_speedup"]
-    print(f"per-input depth beats every fixed depth at equal accuracy: {report['beats_fixed']}" + (f" (best {best:.3f}x)" if best else ""))
+    kind = report["variants"]
+    print(f"per-input {kind} beats every fixed {kind} at equal accuracy: {report['beats_fixed']}" + (f" (best {best:.3f}x)" if best else ""))

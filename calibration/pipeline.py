@@ -15,6 +15,7 @@ import torch
 from calibration.adaptive import SelfDistillation, train_adaptive
 from calibration.data import Dataset
 from calibration.exits import ExitTable, choose_uniform_threshold, exit_table
+from calibration.slimmable import Sandwich, train_slimmable
 from calibration.train import Distillation, TrainConfig, train_backbone, train_exits_frozen, train_joint
 from edge.atomic import sha256_file
 from edge.errors import UserError
@@ -25,6 +26,7 @@ from engines.build import BuildOptions, build_engines
 from engines.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from engines.heads import HeadSpec
 from engines.partition import MultiExitNetwork
+from engines.slimmable import make_slimmable
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def plain_checkpoint(path: Path, data: Dataset) -> tuple[ModelSpec, BlockBackbon
     """A plain backbone checkpoint (what edge-train writes as static.pt), checked against
     the data it will train on or be compared on."""
     spec, model, _ = load_checkpoint(path)
-    if spec.split_points or spec.skippable is not None or not isinstance(model, BlockBackbone):
+    if spec.split_points or spec.skippable is not None or spec.width is not None or not isinstance(model, BlockBackbone):
         raise UserError(f"{path}: not a plain backbone checkpoint (edge-train writes one as static.pt)")
     if spec.classes != list(data.classes) or list(spec.backbone_kwargs["input_shape"]) != list(data.input_shape):
         raise UserError(
@@ -136,6 +138,24 @@ def adaptive_model(
     backbone = plain if isinstance(plain, AdaptiveBackbone) else make_adaptive(plain, spec.skippable)
     saver = _saver(path, spec, backbone, recipe) if save else None
     train_adaptive(backbone, data, cfg, distill, on_epoch=saver, distributed=distributed)
+    return backbone
+
+
+def slimmable_model(
+    spec: ModelSpec, data: Dataset, cfg: TrainConfig, path: Path, init: BlockBackbone | None = None, sandwich: Sandwich = Sandwich(),
+) -> AdaptiveBackbone:
+    """A network of wide and narrow stages trained by the sandwich rule, from scratch or
+    on from `init` (a plain backbone of the same architecture). `spec.width` is the
+    narrow stages' fraction of their blocks' inner channels."""
+    if spec.width is None:
+        raise ValueError("a slimmable model's spec needs its narrow width")
+    recipe = _recipe(cfg, "slimmable", init) | {"sandwich": dataclasses.asdict(sandwich)}
+    reused = _reusable(path, spec, recipe, cfg.epochs)
+    if reused is not None:
+        return reused  # type: ignore[return-value]
+    plain = copy.deepcopy(init) if init is not None else spec.build_backbone()
+    backbone = plain if isinstance(plain, AdaptiveBackbone) else make_slimmable(plain, spec.width)
+    train_slimmable(backbone, data, cfg, sandwich, on_epoch=_saver(path, spec, backbone, recipe))
     return backbone
 
 

@@ -14,6 +14,7 @@ from typing import Any, cast
 from calibration import pipeline
 from calibration.adaptive import SelfDistillation, depth_accuracies
 from calibration.data import Dataset, load_dataset
+from calibration.slimmable import Sandwich
 from calibration.train import TrainConfig, exit_accuracies, set_threads
 from edge.atomic import sha256_file
 from edge.backends.onnxruntime_backend import online_cores
@@ -21,6 +22,7 @@ from edge.errors import UserError
 from engines.adaptive import AdaptiveBackbone, depth_stages, make_adaptive
 from engines.backbone import BlockBackbone
 from engines.checkpoint import ModelSpec, load_checkpoint
+from engines.slimmable import make_slimmable
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class AdaptiveJob:
     exit_epochs: int = 1  # 0: no exit heads
     alpha: float = 0.5  # weight of the super-net's cross-entropy
     outputs_only: bool = False  # distil predictions only, not stage outputs
+    width: float | None = None  # adaptive width instead of depth: the narrow stages' fraction of inner channels
+    random_configs: int = 1  # adaptive width: mixed configurations per batch besides the widest and narrowest
 
 
 def train_exits(job: ExitsJob) -> None:
@@ -114,8 +118,13 @@ def train_adaptive(job: AdaptiveJob) -> None:
             train = train.subset(slice(0, t.train_samples))
         spec, init = _adaptive_spec_and_init(job, train)
         cfg = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, shift=1, seed=t.seed, progress=rank == 0)
-        distill = SelfDistillation(job.alpha, features=not job.outputs_only)
-        backbone = pipeline.adaptive_model(spec, train, cfg, t.out / "adaptive.pt", init, distill, world > 1, save=rank == 0)
+        if job.width is not None:
+            if world > 1:
+                raise UserError("adaptive width trains on one process (no torchrun)")
+            backbone = pipeline.slimmable_model(spec, train, cfg, t.out / "adaptive.pt", init, Sandwich(job.random_configs))
+        else:
+            distill = SelfDistillation(job.alpha, features=not job.outputs_only)
+            backbone = pipeline.adaptive_model(spec, train, cfg, t.out / "adaptive.pt", init, distill, world > 1, save=rank == 0)
         if world > 1:  # replicas that stayed in step print the same fingerprint
             print(f"rank {rank}/{world}: weights {pipeline.weights_fingerprint(backbone)[:16]}", flush=True)
         if rank == 0:
@@ -128,15 +137,16 @@ def _finish(job: AdaptiveJob, spec: ModelSpec, backbone: AdaptiveBackbone, train
     t = job.training
     test = load_dataset(t.data, "test", train.input_shape, train.classes, crop=job.network.crop)
     print(f"adaptive backbone -> {t.out / 'adaptive.pt'}")
+    noun = "depth" if backbone.variant_kind == "depth" else "widths"
     for depth, accuracy in depth_accuracies(backbone, test).items():
-        print(f"  depth {depth}: test accuracy {accuracy:.2%}")
+        print(f"  {noun} {depth}: test accuracy {accuracy:.2%}")
     if job.exit_epochs > 0:
         exit_cfg = TrainConfig(epochs=job.exit_epochs, batch_size=t.batch_size, lr=0.05, shift=1, seed=t.seed)
         net = pipeline.adaptive_exits(spec, backbone, train, exit_cfg, t.out / "adaptive-exits.pt")
         for depth in (backbone.super_depth(), backbone.base_depth()):
             cast(AdaptiveBackbone, net.backbone).set_depth(depth)
             accs = ", ".join(f"{a:.2%}" for a in exit_accuracies(net, test))
-            print(f"  exits at depth {depth}: {accs} -> {t.out / 'adaptive-exits.pt'}")
+            print(f"  exits at {noun} {depth}: {accs} -> {t.out / 'adaptive-exits.pt'}")
 
 
 def _train_data(n: Network, data: str) -> Dataset:
@@ -161,6 +171,12 @@ def _adaptive_spec_and_init(job: AdaptiveJob, train: Dataset) -> tuple[ModelSpec
         if n.weights is not None:
             spec.weights_sha256 = sha256_file(n.weights)
     plain = copy.deepcopy(init) if init is not None else spec.build_backbone()  # make_adaptive makes its BNs skip-aware
+    if job.width is not None:
+        if job.skippable is not None:
+            raise UserError("give --skippable (adaptive depth) or --width (adaptive width), not both")
+        make_slimmable(plain, job.width)  # refuses a network that cannot narrow, with the reason
+        spec.width = job.width
+        return spec, init
     stages = len(depth_stages(plain))
     if job.skippable is not None and len(job.skippable) != stages:
         raise UserError(f"--skippable needs one count per stage ({stages}), got {len(job.skippable)}")

@@ -17,12 +17,14 @@ from typing import Any
 from edge.atomic import sha256_file, write_json_atomic
 from edge.errors import ManifestError
 
-SCHEMA_VERSION = 5  # 2 added score_outputs, variants, profile; 3 base variants (adaptive depth); 4 static points; 5 per-input depth
+SCHEMA_VERSION = 5  # 2 added score_outputs, variants, profile; 3 base variants (adaptive depth); 4 static points; 5 per-input depth (and stage_variants)
 READABLE_VERSIONS = (1, 2, 3, 4, 5)
 CHAIN, STATIC = "chain", "static"  # what an operating point runs: the segment chain, or the static engine
 FULL, SKIP, ROUTED = "F", "T", "G"  # a depth configuration's letters: stage runs whole, skips its skippable half, or a gate decides per input
 ROUTE_THRESHOLD = 0.5  # a routed stage skips for an input whose gate says skip_next >= this
 MANIFEST_NAME = "manifest.json"
+DEPTH_VARIANTS, WIDTH_VARIANTS = "depth", "width"  # what a stage's base variant (T) is: its skippable half left out, or its blocks narrow
+STAGE_VARIANTS = (DEPTH_VARIANTS, WIDTH_VARIANTS)
 
 
 def depth_problem(depth: object, stages: Sequence[tuple[str, bool]], routable: Sequence[bool] = ()) -> str | None:
@@ -140,6 +142,9 @@ class Manifest:
     whole_model: dict[str, str] | None = None
     profile: dict[str, Any] | None = None  # latencies measured on the device (calibration.latency)
     tensorrt: dict[str, Any] | None = None  # plans built on a device: version, gpu, compute_capability, plans
+    # what the base variants are: "depth" (a stage's skippable half left out) or "width"
+    # (its blocks at a fraction of their inner channels); the runtime treats both alike
+    stage_variants: str = DEPTH_VARIANTS
     schema_version: int = SCHEMA_VERSION
     root: Path = Path(".")
 
@@ -200,6 +205,7 @@ class Manifest:
             "whole_model": self.whole_model,
             "profile": self.profile,
             "tensorrt": self.tensorrt,
+            "stage_variants": self.stage_variants,
         }
 
 
@@ -275,11 +281,18 @@ def _parse(data: Any, path: Path) -> Manifest:
             whole_model=_parse_file_entry(data.get("whole_model")),
             profile=_parse_profile(data.get("profile")),
             tensorrt=_parse_tensorrt(data.get("tensorrt")),
+            stage_variants=_parse_stage_variants(data.get("stage_variants", DEPTH_VARIANTS)),
             schema_version=version,
             root=path.parent,
         )
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise ManifestError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def _parse_stage_variants(entry: Any) -> str:
+    if entry not in STAGE_VARIANTS:
+        raise ValueError(f"'stage_variants' must be one of {STAGE_VARIANTS}, got {entry!r}")
+    return str(entry)
 
 
 def _parse_file_entry(entry: Any) -> dict[str, str] | None:

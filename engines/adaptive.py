@@ -20,7 +20,7 @@ import itertools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import fx, nn
@@ -44,8 +44,26 @@ class SkipAwareBatchNorm2d(nn.Module):
         return self.skip(x) if self.skipping else self.full(x)
 
 
+class StageVariants(Protocol):
+    """What an adaptive backbone asks of a stage: whether it has a base variant, which
+    variant runs (`skip`: the base one), and over how many blocks the variants differ."""
+
+    kind: str  # "depth": the base variant leaves blocks out; "width": it runs them narrow
+    skip: bool
+
+    @property
+    def can_skip(self) -> bool: ...
+
+    @property
+    def variant_blocks(self) -> int: ...
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 class AdaptiveStage(nn.Module):
     """mandatory -> (skippable unless skipped). With nothing skippable it is a plain stage."""
+
+    kind = "depth"
 
     def __init__(self, mandatory: Sequence[nn.Module], skippable: Sequence[nn.Module]) -> None:
         super().__init__()
@@ -58,6 +76,10 @@ class AdaptiveStage(nn.Module):
     @property
     def can_skip(self) -> bool:
         return len(self.skippable) > 0
+
+    @property
+    def variant_blocks(self) -> int:
+        return len(self.skippable)
 
     @property
     def skip(self) -> bool:
@@ -81,12 +103,18 @@ class AdaptiveBackbone(BlockBackbone):
     """A BlockBackbone of AdaptiveStages with a switchable depth configuration."""
 
     @property
-    def stages(self) -> list[AdaptiveStage]:
+    def stages(self) -> list[StageVariants]:
         return list(self.blocks)  # type: ignore[arg-type]
 
     @property
     def skippable(self) -> list[int]:
-        return [len(s.skippable) for s in self.stages]
+        """Per stage, the blocks its base variant changes (0: it has none)."""
+        return [s.variant_blocks for s in self.stages]
+
+    @property
+    def variant_kind(self) -> str:
+        """"depth" (base variants leave blocks out) or "width" (they run narrow)."""
+        return "width" if any(s.kind == "width" for s in self.stages) else "depth"
 
     @property
     def depth(self) -> str:

@@ -12,6 +12,7 @@ import platform
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ import torch
 from edge.atomic import sha256_file
 from edge.errors import EdgeError
 from edge.manifest import (
+    DEPTH_VARIANTS,
     MANIFEST_NAME,
     ExitInfo,
     Manifest,
@@ -43,6 +45,7 @@ from engines.export import (
     max_abs_diff_vs_torch,
 )
 from engines.partition import MultiExitNetwork
+from engines.slimmable import dense_copy
 
 TOLERANCE = 1e-4
 
@@ -108,8 +111,9 @@ def _export_base_variants(
         raise ValueError("an adaptive-depth network needs an exit after every stage but the last (one segment per stage)")
     with _at_depth(net, "base"):
         skipping = {k for k, n in enumerate(backbone.skippable) if n}
-        graphs = export_segments(net, out_dir, example, temperatures, gates, suffix=".base", only=skipping, routers=routers)
-        check_segments(net, exportable_segments(net, temperatures, gates, routers), graphs, real_inputs, options.random_check_batches)
+        source = net if backbone.variant_kind == "depth" else cast(MultiExitNetwork, dense_copy(net))  # narrow stages as dense layers
+        graphs = export_segments(source, out_dir, example, temperatures, gates, suffix=".base", only=skipping, routers=routers)
+        check_segments(source, exportable_segments(source, temperatures, gates, routers), graphs, real_inputs, options.random_check_batches)
     return graphs
 
 
@@ -204,6 +208,7 @@ def describe(
         batch={"min": 1, "opt": options.opt_batch, "max": options.max_batch},
         build=build_info(),
         static_model=static,
+        stage_variants=backbone.variant_kind if isinstance(backbone, AdaptiveBackbone) else DEPTH_VARIANTS,
         root=out_dir,
     )
 

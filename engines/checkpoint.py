@@ -15,6 +15,7 @@ from engines.backbone import BlockBackbone
 from engines.heads import HeadSpec
 from engines.intake.sources import build_backbone
 from engines.partition import MultiExitNetwork
+from engines.slimmable import make_slimmable
 
 FORMAT = 1
 
@@ -35,6 +36,7 @@ class ModelSpec:
     split_points: list[int | str] = field(default_factory=list)  # empty: a plain backbone
     head: dict[str, Any] = field(default_factory=dict)
     skippable: list[int] | None = None  # adaptive depth: skippable blocks per stage; None = plain
+    width: float | None = None  # adaptive width: a stage's narrow variant keeps this fraction of its blocks' inner channels
     weights_sha256: str | None = None
 
     @property
@@ -46,6 +48,8 @@ class ModelSpec:
         """The network, from `weights` (the user's state_dict file) if given, else random."""
         kwargs = {k: v for k, v in self.backbone_kwargs.items() if k != "input_shape"}
         backbone = build_backbone(self.backbone, len(self.classes), self.input_shape, kwargs, weights)
+        if self.width is not None:
+            return make_slimmable(backbone, self.width)
         return backbone if self.skippable is None else make_adaptive(backbone, self.skippable)
 
     def build(self) -> MultiExitNetwork | BlockBackbone:

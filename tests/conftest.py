@@ -35,6 +35,7 @@ from engines.adaptive import SkipAwareBatchNorm2d, make_adaptive
 from engines.build import BuildOptions, build_engines
 from engines.partition import MultiExitNetwork
 from engines.registry import create_backbone
+from engines.slimmable import SwitchableBatchNorm2d, make_slimmable
 from tests.helpers import DEPTH_POINTS, INPUT_SHAPE, MAX_BATCH, POINTS, SPLITS, TEMPERATURE, VARIANT_HEAD, fit_linear_heads, plain_resnet14
 
 # One torch thread: on a busy 2-core machine (other jobs running) torch's OpenMP pool
@@ -188,6 +189,21 @@ def adaptive_net(digits_train) -> MultiExitNetwork:
             switch.skip.running_mean.add_(0.2 * torch.randn(switch.skip.running_mean.shape, generator=generator))
             switch.skip.running_var.mul_(1.5)
             switch.skip.weight.mul_(0.8)
+    net = MultiExitNetwork(backbone, ["layer1", "layer2"]).eval()
+    fit_linear_heads(net, digits_train.images, digits_train.labels)
+    return net
+
+
+@pytest.fixture(scope="session")
+def slim_net(digits_train) -> MultiExitNetwork:
+    """Adaptive width at half the inner channels; narrow BNs unlike the wide ones' first
+    channels (as after training), so an engine using the wrong set fails."""
+    backbone = make_slimmable(plain_resnet14(), 0.5)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for switch in (m for m in backbone.modules() if isinstance(m, SwitchableBatchNorm2d)):
+            switch.slim.running_mean.add_(0.2 * torch.randn(switch.slim.running_mean.shape, generator=generator))
+            switch.slim.running_var.mul_(1.5)
     net = MultiExitNetwork(backbone, ["layer1", "layer2"]).eval()
     fit_linear_heads(net, digits_train.images, digits_train.labels)
     return net

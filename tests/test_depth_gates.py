@@ -1,5 +1,7 @@
-"""Per-input depth: gates trained over the depth tree, written into both variants of each
-segment, and a runtime that routes every input to the variant its gate chose."""
+"""Per-input depth and width: gates trained over the tree of stage variants, written into
+both variants of each segment, and a runtime that routes every input to the variant its
+gate chose. The routing tests run on an adaptive-depth network (base = skippable half
+left out) and an adaptive-width one (base = blocks at half their inner channels)."""
 
 from __future__ import annotations
 
@@ -28,9 +30,15 @@ from tools import dynamic as dynamic_tool
 from tools._cli import run_main
 
 
+@pytest.fixture(scope="module", params=["depth", "width"])
+def variant_net(request: pytest.FixtureRequest) -> MultiExitNetwork:
+    net: MultiExitNetwork = request.getfixturevalue("adaptive_net" if request.param == "depth" else "slim_net")
+    return net
+
+
 @pytest.fixture(scope="module")
-def tree(adaptive_net: MultiExitNetwork, digits_test: Dataset) -> dg.DepthTree:
-    return dg.depth_tree(adaptive_net, digits_test)
+def tree(variant_net: MultiExitNetwork, digits_test: Dataset) -> dg.DepthTree:
+    return dg.depth_tree(variant_net, digits_test)
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +46,17 @@ def costs(tree: dg.DepthTree) -> dict[str, float]:
     return dg.relative_costs(tree, {c: 1.0 - 0.2 * c.count("T") for c in tree.configs})  # each skipped half saves a fifth
 
 
-def test_the_tree_holds_every_path_with_the_torch_network_outputs(adaptive_net: MultiExitNetwork, digits_test: Dataset, tree: dg.DepthTree) -> None:
+def test_the_tree_holds_every_path_with_the_torch_network_outputs(variant_net: MultiExitNetwork, digits_test: Dataset, tree: dg.DepthTree) -> None:
     assert tree.gated == [1, 2] and tree.configs == ["FFF", "FFT", "FTF", "FTT"]
     assert sorted(tree.pooled) == ["F", "FF", "FT"]
-    backbone = adaptive_net.backbone
+    backbone = variant_net.backbone
     images = torch.from_numpy(digits_test.images[:20])
     for config in ("FTF", "FFT"):
         backbone.set_depth(config)  # type: ignore[operator]
         with torch.no_grad():
-            expected = adaptive_net(images)[-1].numpy()
+            expected = variant_net(images)[-1].numpy()
         np.testing.assert_allclose(tree.logits[config][:20], expected, atol=1e-5)
-    dg.depth_tree(adaptive_net, digits_test.subset(slice(0, 20)))
+    dg.depth_tree(variant_net, digits_test.subset(slice(0, 20)))
     assert backbone.depth == "FFT"  # type: ignore[attr-defined]  # the depth it was left at, restored
     backbone.set_depth("FFF")  # type: ignore[operator]
 
@@ -69,14 +77,14 @@ def test_the_budget_bisection_returns_gates_within_the_budget(tree: dg.DepthTree
 
 
 @pytest.fixture(scope="module")
-def routed_built(adaptive_net: MultiExitNetwork, digits_test: Dataset, tree: dg.DepthTree, costs: dict[str, float],
+def routed_built(variant_net: MultiExitNetwork, digits_test: Dataset, tree: dg.DepthTree, costs: dict[str, float],
                  tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dg.DepthGate]]:
     gates = dg.train_depth_gates(tree, costs, 0.3)
     out = tmp_path_factory.mktemp("routed")
     points = [OperatingPoint("routed", [None, None], depth="FGG", route_threshold=0.5), OperatingPoint("full", [None, None])]
-    build_engines(adaptive_net, out, digits_test.classes, digits_test.images[:16], points=points,
+    build_engines(variant_net, out, digits_test.classes, digits_test.images[:16], points=points,
                   options=BuildOptions(name="digits-routed", max_batch=64, include_static=False),
-                  routers=dg.routers(gates, adaptive_net.num_exits))
+                  routers=dg.routers(gates, variant_net.num_exits))
     return out, gates
 
 
@@ -151,18 +159,25 @@ def test_routing_refuses_a_network_it_cannot_route(net: MultiExitNetwork, digits
         dg.depth_tree(net, digits_test)
 
 
-def test_the_dynamic_report_compares_every_per_input_point_with_the_fixed_depths(adaptive_net: MultiExitNetwork, tmp_path: Path) -> None:
-    spec = ModelSpec("resnet14", {"input_shape": list(INPUT_SHAPE)}, [str(i) for i in range(10)], ["layer1", "layer2"], skippable=[1, 1, 1])
-    save_checkpoint(tmp_path / "adn.pt", spec, adaptive_net)
-    out = tmp_path / "dynamic"
-    assert run_main(dynamic_tool.main, ["--checkpoint", str(tmp_path / "adn.pt"), "--data", "digits", "--out", str(out),
+def test_the_dynamic_report_compares_every_per_input_point_with_the_fixed_depths(variant_net: MultiExitNetwork, tmp_path: Path) -> None:
+    kind = variant_net.backbone.variant_kind  # type: ignore[union-attr]
+    variants: dict[str, Any] = {"skippable": [1, 1, 1]} if kind == "depth" else {"width": 0.5}
+    spec = ModelSpec("resnet14", {"input_shape": list(INPUT_SHAPE)}, [str(i) for i in range(10)], ["layer1", "layer2"], **variants)
+    save_checkpoint(tmp_path / "adn.pt", spec, variant_net)
+    out, results = tmp_path / "dynamic", tmp_path / "results" / "dynamic.json"
+    other = "width" if kind == "depth" else "depth"
+    results.parent.mkdir()
+    kept = {"points": {}, "dataset": "digits", "test_samples": 0}
+    results.write_text(json.dumps({other: kept}))  # the other kind's run, kept
+    assert run_main(dynamic_tool.main, ["--checkpoint", str(tmp_path / "adn.pt"), "--data", "digits", "--out", str(out), "--results", str(results),
                                         "--calibration", "0:400", "--test-samples", "150", "--route-thresholds", "0.3,0.7", "--same-accuracy", "0.5"]) == 0
     assert run_main(dynamic_tool.main, ["--checkpoint", str(tmp_path / "adn.pt"), "--data", "digits", "--out", str(out), "--calibration", "5000:6000"]) == 1
     with pytest.raises(SystemExit):
         dynamic_tool.parse_args(["--checkpoint", "x.pt", "--out", "o", "--calibration", "40000"])
-    report = json.loads((out / "dynamic-depth.json").read_text())
-    assert report["same_accuracy"] == pytest.approx(0.005)
-    assert (out / "dynamic-depth.png").stat().st_size > 10_000
+    report = json.loads((out / f"dynamic-{kind}.json").read_text())
+    assert report["same_accuracy"] == pytest.approx(0.005) and report["variants"] == kind
+    assert (out / f"dynamic-{kind}.png").stat().st_size > 10_000
+    assert list(json.loads(results.read_text()).items()) == sorted({kind: report, other: kept}.items())  # depth first, then width
     fixed = [n for n, r in report["points"].items() if r["shares"] is None]
     routed = [n for n, r in report["points"].items() if r["shares"] is not None]
     assert len(fixed) == 8 and routed == ["routed-FGG@0.3", "routed-FGG@0.7", "routed-TGG@0.3", "routed-TGG@0.7"]

@@ -1,8 +1,10 @@
-"""edge-dynamic: per-input depth measured against every fixed depth of an adaptive-depth
-network (calibration.dynamic_depth): gates trained on measured costs, then the runtime's
-accuracy and latency at batch 1 for each fixed depth and each per-input point.
+"""edge-dynamic: per-input depth (or width) measured against every fixed configuration of
+an adaptive network (calibration.dynamic_depth): gates trained on measured costs, then
+the runtime's accuracy and latency at batch 1 for each fixed configuration and each
+per-input point.
 
-    edge-dynamic --checkpoint runs/adn/adaptive-exits.pt --out runs/dynamic --results docs/results/dynamic.json
+    edge-dynamic --checkpoint runs/adn20/adaptive-exits.pt --out runs/dynamic --results docs/results/dynamic.json
+    edge-dynamic --checkpoint runs/slim20/adaptive-exits.pt --out runs/dynamic-width --results docs/results/dynamic.json
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ def span(text: str) -> tuple[int, int]:
 
 def parse_args(argv: list[str] | None) -> DynamicDepthJob:
     p = argparse.ArgumentParser(prog="edge-dynamic", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, required=True, help="adaptive-exits.pt from edge-train-adaptive")
+    p.add_argument("--checkpoint", type=Path, required=True, help="adaptive-exits.pt from edge-train-adaptive (adaptive depth, or --width)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--calibration", type=span, default=(30000, 40000), help="training images the network did not see, START:STOP (gates and their costs)")
     p.add_argument("--test-samples", type=int, default=0, help="0 = the whole test split")
     p.add_argument("--budget", type=float, default=0.8, help="the gates' mean latency over the full depth's, on calibration images")
     p.add_argument("--same-accuracy", type=float, default=0.1, help="points: fixed depths this close in accuracy count as equal (noise)")
-    p.add_argument("--results", type=Path, help="also write the report here as {\"depth\": ...} and its PNG beside it (docs/results/dynamic.json)")
+    p.add_argument("--results", type=Path, help="also write the report here under \"depth\" or \"width\" (the other kept) and the PNG beside it (docs/results/dynamic.json)")
     p.add_argument("--route-thresholds", default="0.2,0.35,0.5,0.65,0.8", help="skip a stage when its gate says >= this; comma-separated")
     a = p.parse_args(argv)
     thresholds = tuple(float(t) for t in a.route_thresholds.split(","))
@@ -40,8 +42,10 @@ def parse_args(argv: list[str] | None) -> DynamicDepthJob:
 
 def main(argv: list[str] | None = None) -> int:
     job = parse_args(argv)
-    print_summary(dynamic_depth(job))
-    print(f"wrote {job.out / 'dynamic-depth.json'} and dynamic-depth.png; engines in {job.out / 'engines'}")
+    report = dynamic_depth(job)
+    print_summary(report)
+    kind = report["variants"]
+    print(f"wrote {job.out / f'dynamic-{kind}.json'} and dynamic-{kind}.png; engines in {job.out / 'engines'}")
     return 0
 
 
