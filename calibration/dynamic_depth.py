@@ -15,6 +15,7 @@ the same steps: its base variants are narrow instead of shallow.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -98,13 +99,20 @@ def fixed_depth_costs(engines: Path, depths: list[str], data: Dataset) -> dict[s
 
 
 def depth_points(backbone: AdaptiveBackbone, depths: list[str], firsts: str, thresholds: tuple[float, ...]) -> list[OperatingPoint]:
-    """Every fixed depth, then per-input depth from each stage-0 letter at each routing threshold."""
+    """Every fixed depth, then per-input depth from each stage-0 letter at each routing
+    threshold: every later stage gated, and only the last one gated behind each fixed
+    choice of the stages between (one gate to pay for, where only the last stage's
+    variants differ much in cost or accuracy)."""
     early = len(backbone.stages) - 1
     points = [OperatingPoint(f"fixed-{d}", [None] * early, depth=d) for d in depths]
     routed = [ROUTED if stage.can_skip else FULL for stage in backbone.stages[1:]]
+    shapes = ["".join(routed)]
+    if routed.count(ROUTED) > 1 and routed[-1] == ROUTED:
+        middles = itertools.product(*[(FULL, SKIP) if stage.can_skip else (FULL,) for stage in backbone.stages[1:-1]])
+        shapes += ["".join(m) + ROUTED for m in middles]
     for first in firsts:
-        depth = first + "".join(routed)
-        points += [OperatingPoint(f"routed-{depth}@{t:g}", [None] * early, depth=depth, route_threshold=t) for t in thresholds]
+        for shape in shapes:
+            points += [OperatingPoint(f"routed-{first + shape}@{t:g}", [None] * early, depth=first + shape, route_threshold=t) for t in thresholds]
     return points
 
 
