@@ -207,9 +207,21 @@ def make_adaptive(backbone: BlockBackbone, skippable: Sequence[int] | None = Non
             problem = _skip_problem(backbone, info, block)
             if problem:
                 raise AdaptiveDepthError(f"stage {stage.name}: block {block} ({backbone.block_names[block]}) {problem}, so it cannot be skipped")
-        lead = stages[k - 1].last + 1 if k else stage.first
-        members = blocks[lead : stage.last + 1]
+        members = stage_members(blocks, stages, k)
         groups.append(AdaptiveStage(members[: len(members) - n], members[len(members) - n :]))
+    return regrouped(backbone, stages, groups)
+
+
+def stage_members(blocks: Sequence[nn.Module], stages: Sequence[DepthStage], k: int) -> list[nn.Module]:
+    """The blocks stage k takes: those after the previous stage, up to its own last."""
+    lead = stages[k - 1].last + 1 if k else stages[k].first
+    return list(blocks[lead : stages[k].last + 1])
+
+
+def regrouped(backbone: BlockBackbone, stages: Sequence[DepthStage], groups: Sequence[nn.Module]) -> AdaptiveBackbone:
+    """An AdaptiveBackbone of `groups`, one module per stage: blocks before the first
+    stage join the stem, blocks after the last join the head."""
+    blocks = list(backbone.blocks)
     first, last = stages[0].first, stages[-1].last
     stem = nn.Sequential(backbone.stem, *blocks[:first]) if first else backbone.stem
     head = nn.Sequential(*blocks[last + 1 :], backbone.head) if last < len(blocks) - 1 else backbone.head

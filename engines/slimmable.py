@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.adaptive import AdaptiveBackbone, AdaptiveDepthError, DepthStage, depth_stages
+from engines.adaptive import AdaptiveBackbone, AdaptiveDepthError, depth_stages, regrouped, stage_members
 from engines.backbone import BlockBackbone
 
 NARROW_PARTS = ("conv1", "bn1", "conv2", "bn2")  # what a block needs to narrow (the zoo's and torchvision's BasicBlock)
@@ -133,13 +133,8 @@ def make_slimmable(backbone: BlockBackbone, width: float) -> AdaptiveBackbone:
             problem = narrow_problem(blocks[index])
             if problem:
                 raise AdaptiveDepthError(f"stage {stage.name}: block {index} ({backbone.block_names[index]}) {problem}, so it cannot run narrow")
-    groups = [NarrowStage(blocks[_lead(stages, k) : stage.last + 1], width) for k, stage in enumerate(stages)]
-    first, last = stages[0].first, stages[-1].last
-    stem = nn.Sequential(backbone.stem, *blocks[:first]) if first else backbone.stem
-    head = nn.Sequential(*blocks[last + 1 :], backbone.head) if last < len(blocks) - 1 else backbone.head
-    names = [s.name for s in stages]
-    return AdaptiveBackbone(stem, groups, head, names, {name: i for i, name in enumerate(names)},
-                            backbone.input_shape, backbone.normalization)
+    groups = [NarrowStage(stage_members(blocks, stages, k), width) for k in range(len(stages))]
+    return regrouped(backbone, stages, groups)
 
 
 def narrow_problem(block: nn.Module) -> str | None:
@@ -158,11 +153,6 @@ def narrow_problem(block: nn.Module) -> str | None:
 
 def narrow_channels(channels: int, width: float) -> int:
     return max(1, min(channels - 1, round(channels * width)))
-
-
-def _lead(stages: Sequence[DepthStage], k: int) -> int:
-    """A stage takes the blocks between the previous stage and itself."""
-    return stages[k - 1].last + 1 if k else stages[k].first
 
 
 def _narrow_block(block: nn.Module, width: float) -> None:
