@@ -90,7 +90,6 @@ class NarrowStage(nn.Module):
     def __init__(self, blocks: Sequence[nn.Module], width: float) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*blocks)
-        self.width = width
         for block in self.blocks:
             _narrow_block(block, width)
         self._skip = False

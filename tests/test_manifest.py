@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -372,12 +374,16 @@ TYPE_ERRORS = {  # what a wrong type reads as: the key and the type it got
 }
 
 
+def edit_manifest_json(folder: Path, edit: Callable[[dict[str, Any]], object]) -> None:
+    data = read_manifest_json(folder)
+    edit(data)
+    write_manifest_json(folder, data)
+
+
 @pytest.mark.parametrize("case", sorted(TYPE_ERRORS))
 def test_a_value_of_the_wrong_type_is_named_with_its_key_and_type(built_copy: Path, case: str) -> None:
     edit, expected = TYPE_ERRORS[case]
-    data = read_manifest_json(built_copy)
-    edit(data)
-    write_manifest_json(built_copy, data)
+    edit_manifest_json(built_copy, edit)
     with pytest.raises(ManifestError, match=re.escape(f"{built_copy / MANIFEST_NAME}: malformed manifest (TypeError: {expected})")):
         load_manifest(built_copy)
 
@@ -406,9 +412,7 @@ CONSISTENCY = {  # a manifest edit, and the error it must give
 @pytest.mark.parametrize("case", sorted(CONSISTENCY))
 def test_an_inconsistent_manifest_says_exactly_what_is_wrong(built_copy: Path, case: str) -> None:
     edit, expected = CONSISTENCY[case]
-    data = read_manifest_json(built_copy)
-    edit(data)
-    write_manifest_json(built_copy, data)
+    edit_manifest_json(built_copy, edit)
     with pytest.raises(ManifestError, match=re.escape(f"{built_copy / MANIFEST_NAME}: {expected}")):
         load_manifest(built_copy, verify_files=False)
 
