@@ -109,7 +109,7 @@ def test_bring_your_own_network_from_weights_to_edged(
     engines = tmp_path / "engines"
     assert run_main(build_engines.main, [str(out / "frozen.pt"), "--out", str(engines), "--data", data]) == 0
 
-    daemon = Daemon(DaemonConfig(model_repository=str(calibrated / "engines"), port=0, sensors="sysfs",
+    daemon = Daemon(DaemonConfig(grpc_port=0, model_repository=str(calibrated / "engines"), port=0, sensors="sysfs",
                                  sysfs_root=str(orin_nano(tmp_path)), tick_s=0.05))
     daemon.start()
     try:

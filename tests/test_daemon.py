@@ -53,7 +53,7 @@ def start(config: DaemonConfig) -> Daemon:
 
 @pytest.fixture
 def served(engines: Path, tmp_path: Path) -> Iterator[tuple[Daemon, str]]:
-    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="sysfs", sysfs_root=str(orin_nano(tmp_path)), tick_s=0.05))
+    daemon = start(DaemonConfig(grpc_port=0, model_repository=str(engines), port=0, sensors="sysfs", sysfs_root=str(orin_nano(tmp_path)), tick_s=0.05))
     host, port = daemon.address
     yield daemon, f"{host}:{port}"
     daemon.stop()
@@ -122,7 +122,7 @@ def test_health_and_metadata(served) -> None:
     meta = c.get_model_metadata("digits")
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, *INPUT_SHAPE]}]
     assert {o["name"] for o in meta["outputs"]} == {"probabilities", "prediction", "exit"}
-    assert c.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    assert c.get_server_metadata()["extensions"] == ["binary_tensor_data", "system_shared_memory", "model_repository"]
     with pytest.raises(tritonclient.InferenceServerException, match="unknown model 'nope'"):
         c.get_model_metadata("nope")
 
@@ -168,7 +168,7 @@ def malformed_cases(images: np.ndarray) -> list[tuple[str, str, bytes | None, di
 
 
 def test_every_malformed_request_gets_a_clear_4xx_and_the_server_keeps_serving(engines: Path, real_images: np.ndarray) -> None:
-    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="none", max_body_bytes=1 << 20))
+    daemon = start(DaemonConfig(grpc_port=0, model_repository=str(engines), port=0, sensors="none", max_body_bytes=1 << 20))
     host, port = daemon.address
     url = f"{host}:{port}"
     try:
@@ -225,7 +225,7 @@ def test_concurrent_load_loses_nothing_and_answers_each_request_with_its_own_ima
 
 
 def test_overload_is_refused_fast_and_what_is_accepted_is_right(engines: Path, real_images: np.ndarray) -> None:
-    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="none", queue_size=1, max_batch=1))
+    daemon = start(DaemonConfig(grpc_port=0, model_repository=str(engines), port=0, sensors="none", queue_size=1, max_batch=1))
     host, port = daemon.address
     url = f"{host}:{port}"
     expected = Runtime(engines).infer(real_images[:1]).predictions
@@ -250,7 +250,7 @@ def test_overload_is_refused_fast_and_what_is_accepted_is_right(engines: Path, r
 
 def test_a_sensor_that_dies_mid_run_sends_the_governor_to_the_cheapest_point(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
     root = orin_nano(tmp_path)
-    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="sysfs", sysfs_root=str(root), tick_s=0.05))
+    daemon = start(DaemonConfig(grpc_port=0, model_repository=str(engines), port=0, sensors="sysfs", sysfs_root=str(root), tick_s=0.05))
     host, port = daemon.address
     url = f"{host}:{port}"
     try:
@@ -273,7 +273,7 @@ def test_a_sensor_that_dies_mid_run_sends_the_governor_to_the_cheapest_point(eng
 def test_an_engine_missing_at_start_leaves_the_server_up_and_the_model_not_ready(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
     broken = Path(shutil.copytree(engines, tmp_path / "digits"))
     (broken / "segment_1.onnx").unlink()
-    daemon = start(DaemonConfig(model_repository=str(broken), port=0, sensors="none"))
+    daemon = start(DaemonConfig(grpc_port=0, model_repository=str(broken), port=0, sensors="none"))
     host, port = daemon.address
     url = f"{host}:{port}"
     try:
@@ -295,7 +295,7 @@ def test_a_repository_without_models_stops_edged_at_start(tmp_path: Path, layout
         (repository / "not-a-model").mkdir(parents=True)
     elif layout == "a file":
         repository.write_text("")
-    assert main(["--model-repository", str(repository), "--port", "0", "--sensors", "none", "--log-format", "text"]) == 1
+    assert main(["--model-repository", str(repository), "--port", "0", "--grpc-port", "0", "--sensors", "none", "--log-format", "text"]) == 1
     error = capsys.readouterr().err
     expected = {"missing": "does not exist", "empty": "holds no model", "a file": "is not a folder"}[layout]
     assert f"model repository {repository}" in error and expected in error
@@ -306,7 +306,7 @@ def test_listening_beyond_loopback_without_a_token_is_warned(
     engines: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, host: str, token: bool, warned: bool,
 ) -> None:
     (tmp_path / "token").write_text("s3cret\n")
-    config = DaemonConfig(model_repository=str(engines), host=host, port=0, sensors="none", token_file=str(tmp_path / "token") if token else "")
+    config = DaemonConfig(grpc_port=0, model_repository=str(engines), host=host, port=0, sensors="none", token_file=str(tmp_path / "token") if token else "")
     with caplog.at_level("WARNING", logger="edged"):
         daemon = start(config)
         daemon.stop()
@@ -316,7 +316,7 @@ def test_listening_beyond_loopback_without_a_token_is_warned(
 def test_a_corrupt_engine_at_start_leaves_the_server_up_and_says_which_file(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
     broken = Path(shutil.copytree(engines, tmp_path / "digits"))
     (broken / "segment_1.onnx").write_bytes(b"not an onnx file")
-    daemon = start(DaemonConfig(model_repository=str(broken), port=0, sensors="none"))
+    daemon = start(DaemonConfig(grpc_port=0, model_repository=str(broken), port=0, sensors="none"))
     url = "{}:{}".format(*daemon.address)
     try:
         assert raw(url, "GET", "/v2/health/live")[0] == 200 and raw(url, "GET", "/v2/health/ready")[0] == 503
@@ -334,7 +334,7 @@ def test_a_repository_of_several_models_serves_each_and_a_broken_one_alone_is_no
         shutil.copytree(engines, repository / name)
     (repository / "broken" / "segment_0.onnx").unlink()
     (repository / "notes").mkdir()  # a folder without a manifest is not a model
-    daemon = start(DaemonConfig(model_repository=str(repository), port=0, sensors="none"))
+    daemon = start(DaemonConfig(grpc_port=0, model_repository=str(repository), port=0, sensors="none"))
     url = "{}:{}".format(*daemon.address)
     try:
         assert sorted(daemon.models) == ["broken", "first", "second"]
@@ -354,7 +354,7 @@ def test_a_client_that_stalls_mid_body_is_cut_off(engines: Path, monkeypatch: py
     from edge.daemon import http as edged_http
 
     monkeypatch.setattr(edged_http.Handler, "timeout", 1.0)  # the daemon's 10 s, shortened for the test
-    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="none"))
+    daemon = start(DaemonConfig(grpc_port=0, model_repository=str(engines), port=0, sensors="none"))
     try:
         with socket.create_connection(daemon.address, timeout=30) as client:
             client.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"inputs\": [")
@@ -369,7 +369,7 @@ def test_a_client_that_stalls_mid_body_is_cut_off(engines: Path, monkeypatch: py
 
 def test_a_bearer_token_guards_infer_and_admin_but_not_health(engines: Path, tmp_path: Path, real_images: np.ndarray) -> None:
     (tmp_path / "token").write_text("s3cret\n")
-    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="none", token_file=str(tmp_path / "token")))
+    daemon = start(DaemonConfig(grpc_port=0, model_repository=str(engines), port=0, sensors="none", token_file=str(tmp_path / "token")))
     host, port = daemon.address
     url = f"{host}:{port}"
     try:
@@ -411,7 +411,7 @@ def test_sigterm_answers_queued_requests_then_exits_and_systemd_hears_ready(engi
     notify.bind(notify_path)
     notify.settimeout(120)
     config = tmp_path / "edged.json"
-    config.write_text(json.dumps({"model_repository": str(engines), "port": 0, "sensors": "none", "max_delay_ms": 500.0}))
+    config.write_text(json.dumps({"model_repository": str(engines), "port": 0, "grpc_port": 0, "sensors": "none", "max_delay_ms": 500.0}))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": notify_path}
     process = subprocess.Popen([sys.executable, "-m", "edge.daemon.main", "--config", str(config)], env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -451,7 +451,7 @@ def test_batches_never_exceed_the_engines_maximum_batch(engines: Path, tmp_path:
     small = Path(shutil.copytree(engines, tmp_path / "digits"))
     manifest = load_manifest(small)
     save_manifest(dataclasses.replace(manifest, batch={**manifest.batch, "max": 4}), small / "manifest.json")
-    daemon = start(DaemonConfig(model_repository=str(small), port=0, sensors="none", max_batch=16, max_delay_ms=100.0))
+    daemon = start(DaemonConfig(grpc_port=0, model_repository=str(small), port=0, sensors="none", max_batch=16, max_delay_ms=100.0))
     host, port = daemon.address
     url = f"{host}:{port}"
     try:
@@ -467,7 +467,7 @@ def test_batches_never_exceed_the_engines_maximum_batch(engines: Path, tmp_path:
 
 
 def test_a_request_that_waits_past_its_timeout_gets_504(engines: Path, real_images: np.ndarray) -> None:
-    daemon = start(DaemonConfig(model_repository=str(engines), port=0, sensors="none", request_timeout_s=0.05, max_delay_ms=300.0))
+    daemon = start(DaemonConfig(grpc_port=0, model_repository=str(engines), port=0, sensors="none", request_timeout_s=0.05, max_delay_ms=300.0))
     host, port = daemon.address
     try:
         status, doc = raw(f"{host}:{port}", "POST", "/v2/models/digits/infer", json_request(real_images[:1]))
@@ -507,7 +507,7 @@ def test_the_runtime_install_has_no_torch_and_serves_a_manifest(engines: Path, t
     assert "No module named 'torch'" in probe.stderr
     check = subprocess.run([str(venv / "bin" / "edge-device-check"), "--engines", str(engines)], capture_output=True, text=True, cwd=tmp_path)
     assert check.returncode == 1 and check.stderr.startswith("error: TensorRT is not installed"), check.stderr  # imports, then says what is missing
-    command = [str(venv / "bin" / "edged"), "--model-repository", str(engines), "--port", "0", "--sensors", "none"]
+    command = [str(venv / "bin" / "edged"), "--model-repository", str(engines), "--port", "0", "--grpc-port", "0", "--sensors", "none"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env={"PATH": os.environ.get("PATH", "")})
     try:
         url = serving_url(process)

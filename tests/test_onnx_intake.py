@@ -212,7 +212,7 @@ def test_an_onnx_file_alone_goes_through_exits_calibration_runtime_and_edged(res
     assert_full_depth_is_the_file(manifest, resnet_onnx, images)
     # the heads learned digits from the frozen random backbone's features
     assert max(report["calibration_exit_accuracy"]["fp32"][:-1]) > 0.5
-    daemon = Daemon(DaemonConfig(model_repository=str(tmp_path / "run"), port=0, sensors="none"))
+    daemon = Daemon(DaemonConfig(grpc_port=0, model_repository=str(tmp_path / "run"), port=0, sensors="none"))
     daemon.start()
     try:
         import tritonclient.http as tritonclient

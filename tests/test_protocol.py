@@ -77,7 +77,7 @@ def test_a_request_asks_for_a_point_or_a_budget_and_its_timeout_is_read_in_secon
 def test_each_failure_answers_its_own_status() -> None:
     from http import HTTPStatus
 
-    from edge.daemon.http import error_status
+    from edge.daemon.service import error_status
     from edge.daemon.serving import ModelUnavailable, Overloaded, RequestTimeout
     from edge.errors import InputError, ManifestError
 

@@ -94,7 +94,7 @@ def time_in_process(runtime: Runtime, images: np.ndarray) -> dict[str, float]:
 
 
 def start_server(job: ServerBench) -> tuple[subprocess.Popen[str], str, str]:
-    config = {"model_repository": str(job.engines.resolve()), "port": 0, "sensors": "none", "max_batch": job.max_batch,
+    config = {"model_repository": str(job.engines.resolve()), "port": 0, "grpc_port": 0, "sensors": "none", "max_batch": job.max_batch,
               "queue_size": 1024, "log_format": "json"}
     config_file = Path(tempfile.mkdtemp()) / "edged.json"
     config_file.write_text(json.dumps(config))

@@ -26,6 +26,7 @@ class DaemonConfig:
     model_repository: str = "runs/quickstart/engines"  # a manifest folder, or a folder of them (one model each)
     host: str = "127.0.0.1"  # localhost unless told otherwise
     port: int = 8000
+    grpc_port: int = 8001  # the KServe v2 gRPC endpoint, on the same host; -1: off
     backend: str = "onnxruntime"
     policy: str = ""  # a governor policy file; empty: the defaults
     sensors: str = "auto"  # auto (jtop, else sysfs) | sysfs | replay:<trace> | none (no governor)
@@ -34,6 +35,8 @@ class DaemonConfig:
     max_batch: int = 16
     max_delay_ms: float = 0.0  # how long a request may wait for others to batch with
     queue_size: int = 64  # requests waiting beyond this are refused at once (503)
+    client_queue_share: int = 32  # requests one connection may have waiting: a flood from one client leaves room for the others
+    shm_dir: str = "/dev/shm"  # where clients' shared-memory objects live (shm_open's folder)
     request_timeout_s: float = 10.0
     max_body_bytes: int = 16 * 1024 * 1024
     token_file: str = ""  # a bearer token for infer and admin endpoints; empty: no auth
@@ -42,10 +45,12 @@ class DaemonConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
+        if not -1 <= self.grpc_port < 65536:
+            raise ConfigError(f"grpc_port must be 0-65535, or -1 for no gRPC endpoint, got {self.grpc_port}")
         for name in ("tick_s", "request_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("max_batch", "queue_size", "max_body_bytes"):
+        for name in ("max_batch", "queue_size", "client_queue_share", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.max_delay_ms < 0:

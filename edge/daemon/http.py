@@ -1,4 +1,5 @@
-"""The HTTP layer: Open Inference Protocol v2 routes, metrics, governor state, auth.
+"""The HTTP layer: Open Inference Protocol v2 routes, Triton's system shared-memory and
+model-repository (load) extensions, metrics, governor state, auth.
 
 Threaded stdlib server with HTTP/1.1 keep-alive (tritonclient keeps its connections).
 Every failure a client can cause is a 4xx with {"error": ...}; an engine failing is a
@@ -10,56 +11,28 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 import re
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
-import numpy as np
-
-from edge.daemon.config import DaemonConfig
-from edge.daemon.metrics import CONTENT_TYPE, Registry
+from edge.daemon.metrics import CONTENT_TYPE
 from edge.daemon.protocol import ProtocolError, encode_response, error_body, parse_request
-from edge.daemon.serving import Answer, GovernorLoop, Model, ModelUnavailable, Overloaded, RequestTimeout
-from edge.errors import InputError, UserError
+from edge.daemon.service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, App, error_status
+from edge.daemon.serving import Model
 
 log = logging.getLogger(__name__)
 
-SERVER_NAME, SERVER_VERSION = "edged", "0.1.0"
 DISCARD_LIMIT = 64 << 20  # bytes of an unwanted body read and dropped before closing instead
 IDLE_TIMEOUT_S = 10.0  # a connection silent this long (mid-body, or idle keep-alive) is closed
 MODEL_ROUTE = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
-
-
-class App:
-    """What the handlers serve: the models, the governor loop, metrics, config."""
-
-    def __init__(self, config: DaemonConfig, models: dict[str, Model], governors: dict[str, GovernorLoop], metrics: Registry) -> None:
-        self.config, self.models, self.governors, self.metrics = config, models, governors, metrics
-        self.token = config.token()
-        self._inflight = 0
-        self._idle = threading.Condition()
-
-    def begin(self) -> None:
-        with self._idle:
-            self._inflight += 1
-
-    def end(self) -> None:
-        with self._idle:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.notify_all()
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        """Until every request being handled has been answered (shutdown)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._inflight == 0, timeout_s)
-
-    def ready(self) -> bool:
-        return bool(self.models) and all(m.ready for m in self.models.values())
+SHM_ROUTE = re.compile(r"^/v2/systemsharedmemory(?:/region/(?P<region>[^/]+))?/(?P<action>status|register|unregister)$")
+LOAD_ROUTE = re.compile(r"^/v2/repository/models/(?P<model>[^/]+)/load$")
+MAX_ADMIN_BODY = 1 << 16  # a registration or load request is a few hundred bytes
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -81,7 +54,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/v2/health/ready":
             return self._empty(HTTPStatus.OK if self.app.ready() else HTTPStatus.SERVICE_UNAVAILABLE)
         if path == "/v2":
-            return self._json(HTTPStatus.OK, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+            return self._json(HTTPStatus.OK, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
         if path == "/metrics":
             if self._authorized():
                 self._send(HTTPStatus.OK, self.app.metrics.render(), CONTENT_TYPE)
@@ -89,6 +62,11 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/v2/edge/governor":
             if self._authorized():
                 self._json(HTTPStatus.OK, {name: g.state() for name, g in self.app.governors.items()})
+            return None
+        shm = SHM_ROUTE.match(path)
+        if shm and shm["action"] == "status":
+            if self._authorized():
+                self._admin(lambda _: self.app.shm.status(unquote(shm["region"] or "")), {})
             return None
         match = MODEL_ROUTE.match(path)
         if match and match["rest"] != "/infer":
@@ -102,6 +80,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
+        admin = self._admin_route(path)
+        if admin is not None:
+            if self._authorized(discard=True):
+                self._admin(admin, self._admin_body())
+            return None
         match = MODEL_ROUTE.match(path)
         if not match or match["rest"] != "/infer":
             self._discard_body()
@@ -112,6 +95,54 @@ class Handler(BaseHTTPRequestHandler):
         if model is None:
             return None
         self._infer(model)
+
+    # --- the extensions: shared memory, model reload ------------------------------------------
+
+    def _admin_route(self, path: str) -> Callable[[dict[str, Any]], Any] | None:
+        """The action a POST to a shared-memory or repository route asks for."""
+        shm, load = SHM_ROUTE.match(path), LOAD_ROUTE.match(path)
+        if shm and shm["action"] == "register" and shm["region"]:
+            name = unquote(shm["region"])
+            return lambda body: self.app.shm.register(name, body.get("key"), body.get("offset", 0), body.get("byte_size"))
+        if shm and shm["action"] == "unregister":
+            region = unquote(shm["region"] or "")
+            return lambda _: self.app.shm.unregister(region)
+        if load:
+            model = unquote(load["model"])
+            return lambda _: self.app.reload(model)
+        return None
+
+    def _admin_body(self) -> dict[str, Any] | Exception:
+        try:
+            length = self._content_length()
+            if length > MAX_ADMIN_BODY:
+                self._skip(length)
+                raise ProtocolError(f"body of {length} bytes is too long for this route", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+            body = self._read_body() if length else b"{}"
+            try:
+                doc = json.loads(body)
+            except (ValueError, RecursionError):
+                raise ProtocolError("request body is not valid JSON") from None
+            if not isinstance(doc, dict):
+                raise ProtocolError("request body must be a JSON object")
+            return doc
+        except ProtocolError as exc:
+            return exc
+
+    def _admin(self, action: Callable[[dict[str, Any]], Any], body: dict[str, Any] | Exception) -> None:
+        """Run an extension's action; its result (if any) is the JSON answer."""
+        try:
+            if isinstance(body, Exception):
+                raise body
+            result = action(body)
+        except Exception as exc:
+            status, message, headers = error_status(exc)
+            if status == HTTPStatus.INTERNAL_SERVER_ERROR:
+                log.error("%s failed", self.path, exc_info=exc)
+            return self._error(status, message, headers)
+        if result is None:
+            return self._empty(HTTPStatus.OK)
+        return self._json(HTTPStatus.OK, result)
 
     # --- inference ---------------------------------------------------------------------------
 
@@ -124,11 +155,8 @@ class Handler(BaseHTTPRequestHandler):
             self.app.begin()  # answered before shutdown completes (a stalled upload is not waited for)
             counted = True
             request = parse_request(body, self.headers.get("Inference-Header-Content-Length"))
-            timeout = min(self.app.config.request_timeout_s, request.timeout_s or math.inf)
-            answer = model.submit(request.inputs, timeout, request.operating_point, request.latency_budget_ms).wait()
-            outputs = select_outputs(answer, request.outputs)
-            parameters = {"operating_point": answer.operating_point, "exits": ",".join(map(str, answer.exits.tolist()))}
-            payload, header_length = encode_response(model.name, request.id, outputs, request.binary, parameters)
+            reply = self.app.infer(model, request, f"http:{self.client_address[0]}:{self.client_address[1]}")
+            payload, header_length = encode_response(model.name, request.id, reply.outputs, request.binary, reply.parameters, reply.shared)
             headers = {"Inference-Header-Content-Length": str(header_length)} if header_length is not None else {}
             self._send(HTTPStatus.OK, payload, "application/octet-stream" if header_length else "application/json", headers)
         except (BrokenPipeError, ConnectionResetError):
@@ -141,15 +169,7 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             if counted:
                 self.app.end()
-        elapsed = time.perf_counter() - started
-        self.app.metrics.requests.labels(code=str(int(status)), model=model.name).inc()
-        if status != HTTPStatus.OK:
-            self.app.metrics.errors.labels(kind=status.phrase.lower().replace(" ", "_")).inc()
-        else:
-            self.app.metrics.latency.observe(elapsed)
-            governor = self.app.governors.get(model.name)
-            if governor is not None:
-                governor.record_latency(elapsed)
+        self.app.record(model.name, int(status), time.perf_counter() - started)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -259,37 +279,6 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
-
-
-# What each failure a request can meet answers: status, message prefix, headers.
-ERROR_STATUS: list[tuple[type[Exception], HTTPStatus, str, dict[str, str]]] = [
-    (InputError, HTTPStatus.BAD_REQUEST, "", {}),  # before UserError: ProtocolError carries its own status
-    (Overloaded, HTTPStatus.SERVICE_UNAVAILABLE, "overloaded: ", {"Retry-After": "1"}),
-    (ModelUnavailable, HTTPStatus.SERVICE_UNAVAILABLE, "", {}),
-    (RequestTimeout, HTTPStatus.GATEWAY_TIMEOUT, "timed out: ", {}),
-    (UserError, HTTPStatus.BAD_REQUEST, "", {}),
-]
-
-
-def error_status(exc: Exception) -> tuple[HTTPStatus, str, dict[str, str]]:
-    """(status, message, headers) for a failed request; anything unexpected is the
-    server's fault (500)."""
-    if isinstance(exc, ProtocolError):
-        return HTTPStatus(exc.status), str(exc), {}
-    for kind, status, prefix, headers in ERROR_STATUS:
-        if isinstance(exc, kind):
-            return status, prefix + str(exc), headers
-    return HTTPStatus.INTERNAL_SERVER_ERROR, f"inference failed: {exc}", {}
-
-
-def select_outputs(answer: Answer, names: list[str] | None) -> dict[str, np.ndarray]:
-    available = {"probabilities": answer.probabilities, "prediction": answer.predictions.astype(np.int64), "exit": answer.exits.astype(np.int64)}
-    if names is None:
-        return available
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise ProtocolError(f"unknown outputs {unknown}; this model has {list(available)}")
-    return {n: available[n] for n in names}
 
 
 class Server(ThreadingHTTPServer):

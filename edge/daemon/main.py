@@ -1,9 +1,9 @@
-"""edged: load the models, start the governor loops and the HTTP server, stop gracefully.
+"""edged: load the models, start the governor loops, the HTTP and gRPC servers, stop gracefully.
 
-    edged --config deploy/edged.toml [--port 8000] [--host 127.0.0.1] [--model-repository DIR]
+    edged --config deploy/edged.toml [--port 8000] [--grpc-port 8001] [--host 127.0.0.1] [--model-repository DIR]
 
-SIGTERM or SIGINT: stop accepting, answer every queued request, close the engines,
-exit 0. Under systemd (Type=notify) it sends READY=1 once it serves and STOPPING=1 on
+SIGTERM or SIGINT: stop accepting, answer every queued request, close the engines and
+the shared-memory regions clients registered, exit 0. Under systemd (Type=notify) it sends READY=1 once it serves and STOPPING=1 on
 the way out. Logs are JSON lines on stderr (log_format = "text" for people).
 """
 
@@ -23,12 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from edge.daemon.config import DaemonConfig, load_config
-from edge.daemon.http import App, Server, make_server, serve_in_thread
+from edge.daemon.grpc_server import GrpcServer
+from edge.daemon.http import Server, make_server, serve_in_thread
 from edge.daemon.metrics import Registry
+from edge.daemon.service import App
 from edge.daemon.serving import GovernorLoop, Model, find_models, open_sensors, policy_of
 from edge.errors import EdgeError, UserError
 
 log = logging.getLogger("edged")
+
+GRPC_SPARE_THREADS = 16  # gRPC calls in flight beyond the queue's size: health, metadata, refusals
+GRPC_GRACE_S = 20.0  # what calls already running get at shutdown (within systemd's 30 s)
 
 
 class Daemon:
@@ -36,13 +41,20 @@ class Daemon:
         self.config = config
         self.metrics = Registry()
         self.models = {
-            name: Model(name, folder, config.backend, self.metrics, config.max_batch, config.max_delay_ms / 1e3, config.queue_size)
+            name: Model(name, folder, config.backend, self.metrics, config.max_batch, config.max_delay_ms / 1e3, config.queue_size, config.client_queue_share)
             for name, folder in find_models(Path(config.model_repository)).items()
         }
         loops = {name: self._governor(m) for name, m in self.models.items()}
         self.governors = {name: g for name, g in loops.items() if g is not None}
         self.app = App(config, self.models, self.governors, self.metrics)
         self.server: Server = make_server(self.app, config.host, config.port)
+        self.grpc: GrpcServer | None = None
+        if config.grpc_port >= 0:
+            try:
+                self.grpc = GrpcServer(self.app, config.host, config.grpc_port, max_rpcs=config.queue_size + GRPC_SPARE_THREADS)
+            except RuntimeError as exc:  # grpcio: the address is taken
+                self.server.server_close()
+                raise OSError(f"cannot serve gRPC on {config.host}:{config.grpc_port} ({exc})") from None
         self._thread: threading.Thread | None = None
 
     @property
@@ -79,19 +91,26 @@ class Daemon:
         for loop in self.governors.values():
             loop.start()
         self._thread = serve_in_thread(self.server)
+        if self.grpc is not None:
+            self.grpc.start()
+            log.info("gRPC on %s:%d", self.grpc.host, self.grpc.port)
         host, port = self.address
         log.info("serving %s on http://%s:%d", sorted(self.models), host, port)
 
     def stop(self) -> None:
         """Stop accepting, finish what is queued, release everything."""
         self.server.shutdown()
+        grpc_done = self.grpc.stop(GRPC_GRACE_S) if self.grpc is not None else None
         for model in self.models.values():
             model.stop(drain_timeout_s=20.0 / max(len(self.models), 1))  # all within systemd's 30 s
         if not self.app.wait_idle(5.0):
             log.warning("stopping with requests still being answered")
+        if grpc_done is not None:
+            grpc_done.wait(GRPC_GRACE_S)
         for loop in self.governors.values():
             loop.stop()
         self.server.server_close()
+        self.app.close()  # the clients' shared-memory regions: unregistered, never left open
         log.info("stopped")
 
 
@@ -139,6 +158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-repository")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--grpc-port", type=int, help="-1: no gRPC endpoint")
     p.add_argument("--sensors", help="auto | sysfs | replay:<trace> | none")
     p.add_argument("--policy")
     p.add_argument("--token-file")

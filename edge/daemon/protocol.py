@@ -17,6 +17,7 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
+from edge.daemon.shm import RegionRef
 from edge.errors import UserError
 
 DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8}
@@ -42,13 +43,39 @@ class InferRequest:
     operating_point: str | None = None  # parameters.operating_point
     latency_budget_ms: float | None = None  # parameters.latency_budget_ms
     timeout_s: float | None = None  # parameters.timeout: tritonclient's, in microseconds
+    shm_inputs: dict[str, ShmInput] = field(default_factory=dict)  # inputs to read from registered regions
+    shm_outputs: dict[str, RegionRef] = field(default_factory=dict)  # outputs to write into them
+
+
+@dataclass(frozen=True)
+class ShmInput:
+    ref: RegionRef
+    dtype: np.dtype[Any]
+    shape: list[int]
+
+
+def region_ref(parameters: dict[str, Any], what: str) -> RegionRef | None:
+    """The shared-memory parameters of an input or output, if it names a region."""
+    region = parameters.get("shared_memory_region")
+    if region is None:
+        return None
+    if not isinstance(region, str) or not region:
+        raise ProtocolError(f"{what}: shared_memory_region must be a region's name")
+    return RegionRef(region, _count(parameters, "shared_memory_byte_size", None, what), _count(parameters, "shared_memory_offset", 0, what))
+
+
+def _count(parameters: dict[str, Any], key: str, default: int | None, what: str) -> int:
+    value = parameters.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"{what}: {key} must be a non-negative integer, got {value!r}")
+    return value
 
 
 def _positive(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
-def _point_request(parameters: dict[str, Any]) -> tuple[str | None, float | None]:
+def point_request(parameters: dict[str, Any]) -> tuple[str | None, float | None]:
     """(operating_point, latency_budget_ms): at most one of them."""
     point, budget = parameters.get("operating_point"), parameters.get("latency_budget_ms")
     if point is not None and budget is not None:
@@ -74,20 +101,26 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError("request needs 'inputs', a non-empty list")
     parameters = _object(doc.get("parameters", {}), "parameters")
-    tensors, offset = {}, 0
+    tensors: dict[str, np.ndarray] = {}
+    shared: dict[str, ShmInput] = {}
+    offset = 0
     for spec in inputs:
         name, array, used = _input(spec, binary_part, offset)
-        if name in tensors:
+        if name in tensors or name in shared:
             raise ProtocolError(f"input {name!r} given twice")
-        tensors[name], offset = array, offset + used
+        if isinstance(array, ShmInput):
+            shared[name] = array
+        else:
+            tensors[name] = array
+        offset += used
     if offset != len(binary_part):
         raise ProtocolError(f"binary data is {len(binary_part)} bytes but the inputs' binary_data_size add up to {offset}")
-    outputs, binary = _outputs(doc.get("outputs"), bool(parameters.get("binary_data_output", False)))
+    outputs, binary, shm_outputs = _outputs(doc.get("outputs"), bool(parameters.get("binary_data_output", False)))
     request_id = doc.get("id")
-    point, budget = _point_request(parameters)
+    point, budget = point_request(parameters)
     timeout = parameters.get("timeout")  # a malformed one is ignored: the server's limit applies
     timeout_s = float(timeout) / 1e6 if _positive(timeout) else None
-    return InferRequest(None if request_id is None else str(request_id), tensors, parameters, outputs, binary, point, budget, timeout_s)
+    return InferRequest(None if request_id is None else str(request_id), tensors, parameters, outputs, binary, point, budget, timeout_s, shared, shm_outputs)
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -108,20 +141,29 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _input(spec: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, int]:
-    spec = _object(spec, "inputs[]")
-    name, shape, datatype = spec.get("name"), spec.get("shape"), spec.get("datatype")
+def input_header(name: Any, shape: Any, datatype: Any) -> tuple[str, list[int], np.dtype[Any], int]:
+    """(name, shape, little-endian dtype, element count) of an input, checked."""
     if not isinstance(name, str):
         raise ProtocolError("every input needs a 'name'")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
     if datatype not in DTYPES:
         raise ProtocolError(f"input {name!r}: datatype {datatype!r} is not supported; use one of {sorted(DTYPES)}")
-    dtype = np.dtype(DTYPES[datatype]).newbyteorder("<")
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
         raise ProtocolError(f"input {name!r}: shape {shape} has {count} elements, more than {MAX_ELEMENTS}")
-    size = _object(spec.get("parameters", {}), f"inputs[{name}].parameters").get("binary_data_size")
+    return name, shape, np.dtype(DTYPES[datatype]).newbyteorder("<"), count
+
+
+def _input(spec: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray | ShmInput, int]:
+    spec = _object(spec, "inputs[]")
+    name, shape, dtype, count = input_header(spec.get("name"), spec.get("shape"), spec.get("datatype"))
+    datatype = spec["datatype"]
+    parameters = _object(spec.get("parameters", {}), f"inputs[{name}].parameters")
+    ref = region_ref(parameters, f"input {name!r}")
+    if ref is not None:
+        return name, ShmInput(ref, dtype.newbyteorder("="), shape), 0
+    size = parameters.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != count * dtype.itemsize:
             raise ProtocolError(f"input {name!r}: binary_data_size {size} but shape {shape} of {datatype} needs {count * dtype.itemsize} bytes")
@@ -141,12 +183,12 @@ def _input(spec: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, int]
     return name, array.reshape(shape), 0
 
 
-def _outputs(value: Any, all_binary: bool) -> tuple[list[str] | None, set[str]]:
+def _outputs(value: Any, all_binary: bool) -> tuple[list[str] | None, set[str], dict[str, RegionRef]]:
     if value is None:
-        return None, {"*"} if all_binary else set()
+        return None, {"*"} if all_binary else set(), {}
     if not isinstance(value, list):
         raise ProtocolError("'outputs' must be a list")
-    names, binary = [], set()
+    names, binary, shared = [], set(), {}
     for spec in value:
         spec = _object(spec, "outputs[]")
         name = spec.get("name")
@@ -156,19 +198,27 @@ def _outputs(value: Any, all_binary: bool) -> tuple[list[str] | None, set[str]]:
         parameters = _object(spec.get("parameters", {}), f"outputs[{name}].parameters")
         if parameters.get("class_count"):
             raise ProtocolError(f"output {name!r}: class_count (top-k classification) is not supported; read 'probabilities'")
-        if parameters.get("binary_data", all_binary):
+        ref = region_ref(parameters, f"output {name!r}")
+        if ref is not None:
+            shared[name] = ref
+        elif parameters.get("binary_data", all_binary):
             binary.add(name)
-    return names, binary
+    return names, binary, shared
 
 
 def encode_response(
     model: str, request_id: str | None, outputs: dict[str, np.ndarray], binary: set[str], parameters: dict[str, Any],
+    shared: dict[str, RegionRef] | None = None,
 ) -> tuple[bytes, int | None]:
-    """(body, JSON header length or None when nothing is binary)."""
+    """(body, JSON header length or None when nothing is binary); outputs written to
+    shared memory are described, not sent."""
     tensors, chunks = [], []
     for name, array in outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": NAMES[array.dtype], "shape": list(array.shape)}
-        if name in binary or "*" in binary:
+        ref = (shared or {}).get(name)
+        if ref is not None:
+            entry["parameters"] = {"shared_memory_region": ref.region, "shared_memory_byte_size": array.nbytes, "shared_memory_offset": ref.offset}
+        elif name in binary or "*" in binary:
             raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

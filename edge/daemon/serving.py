@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,10 @@ class ModelUnavailable(EdgeError):
     """The model's engines did not load; the reason says why."""
 
 
+class ReloadRefused(UserError):
+    """The engines on disk do not load: the loaded ones keep serving (the reason says why)."""
+
+
 @dataclass(frozen=True)
 class Answer:
     """One request's rows of a batch's result."""
@@ -62,12 +66,16 @@ class Job:
     images: np.ndarray
     point: str | None
     deadline: float
+    client: str = ""
+    on_finish: Callable[[Job], None] | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: Answer | None = None
     error: Exception | None = None
 
     def finish(self, result: Answer | None = None, error: Exception | None = None) -> None:
         self.result, self.error = result, error
+        if self.on_finish is not None:
+            self.on_finish(self)
         self.done.set()
 
     def wait(self) -> Answer:
@@ -83,8 +91,11 @@ class Job:
 class Model:
     """One manifest served: its runtime (or why it is not there) and its batcher."""
 
-    def __init__(self, name: str, folder: Path, backend: str, metrics: Registry, max_batch: int, max_delay_s: float, queue_size: int) -> None:
-        self.name, self.folder, self.metrics = name, folder, metrics
+    def __init__(
+        self, name: str, folder: Path, backend: str, metrics: Registry, max_batch: int, max_delay_s: float, queue_size: int,
+        client_share: int | None = None,
+    ) -> None:
+        self.name, self.folder, self.backend, self.metrics = name, folder, backend, metrics
         self.runtime: Runtime | None = None
         self.reason = ""
         try:
@@ -93,16 +104,24 @@ class Model:
             self.reason = str(exc)
             log.error("model %s not ready: %s", name, exc)
         metrics.model_ready.labels(model=name).set(1.0 if self.runtime else 0.0)
-        engine_max = self.runtime.manifest.batch.get("max", 0) if self.runtime else 0
-        self.max_batch = min(max_batch, engine_max) if engine_max else max_batch  # the engines' limit binds batching too
+        self._max_batch_asked = max_batch
+        self.max_batch = self._batch_limit(self.runtime)
         self.max_delay_s = max_delay_s
         self._gate = threading.Lock()  # submit's check-and-put against stop's flag-and-sentinel
+        self._engines = threading.Lock()  # a batch running against a reload swapping the runtime
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self.client_share = client_share or queue_size  # requests one client (connection) may have waiting
+        self._waiting: dict[str, int] = {}
         self._worker = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
         self._stopping = False
         self.runtime_failed = False
         if self.runtime is not None:
             self._worker.start()
+
+    def _batch_limit(self, runtime: Runtime | None) -> int:
+        """The engines' batch limit binds batching too."""
+        engine_max = runtime.manifest.batch.get("max", 0) if runtime else 0
+        return min(self._max_batch_asked, engine_max) if engine_max else self._max_batch_asked
 
     @property
     def ready(self) -> bool:
@@ -160,7 +179,7 @@ class Model:
         return images
 
     def submit(
-        self, inputs: dict[str, np.ndarray], timeout_s: float, point: str | None = None, budget_ms: float | None = None,
+        self, inputs: dict[str, np.ndarray], timeout_s: float, point: str | None = None, budget_ms: float | None = None, client: str = "",
     ) -> Job:
         """Check a request (its input, its point, or the point for its budget) and queue
         it; everything a caller can get wrong fails here, before the queue."""
@@ -173,17 +192,55 @@ class Model:
                 runtime.manifest.point(point)  # unknown names fail here, before queueing
             except ManifestError as exc:  # a request's point name is the caller's input
                 raise InputError(str(exc)) from None
-        job = Job(images, point, time.monotonic() + timeout_s)
+        job = Job(images, point, time.monotonic() + timeout_s, client, self._answered)
         with self._gate:
             if self._stopping:
                 raise ModelUnavailable(f"model {self.name!r} is shutting down")
+            if self._waiting.get(client, 0) >= self.client_share:  # one client cannot fill the queue for all
+                self.metrics.refusals.labels(model=self.name).inc()
+                raise Overloaded(f"model {self.name!r}: this client already has {self.client_share} requests waiting")
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
                 self.metrics.refusals.labels(model=self.name).inc()
                 raise Overloaded(f"model {self.name!r}: {self._queue.maxsize} requests already waiting") from None
+            self._waiting[client] = self._waiting.get(client, 0) + 1
         self.metrics.queue_depth.labels(model=self.name).set(self._queue.qsize())
         return job
+
+    def _answered(self, job: Job) -> None:
+        with self._gate:
+            left = self._waiting.get(job.client, 1) - 1
+            if left > 0:
+                self._waiting[job.client] = left
+            else:
+                self._waiting.pop(job.client, None)
+
+    def reload(self, required_points: Sequence[str] = ()) -> None:
+        """Load the engines from disk again and swap them in between batches; if they do
+        not load (a file deleted or corrupt), the loaded ones keep serving."""
+        try:
+            fresh = Runtime(self.folder, self.backend)
+        except EdgeError as exc:
+            raise ReloadRefused(f"model {self.name!r} not reloaded, still serving the engines loaded before: {exc}") from None
+        missing = [p for p in required_points if p not in fresh.runnable_points()]
+        if missing:
+            fresh.close()
+            raise ReloadRefused(f"model {self.name!r} not reloaded: the engines on disk lack operating points {missing} the governor uses")
+        with self._engines:
+            old, self.runtime = self.runtime, fresh
+            if old is not None and old.operating_point in fresh.runnable_points():
+                fresh.set_operating_point(old.operating_point)
+            self.max_batch = self._batch_limit(fresh)
+            self.reason, self.runtime_failed = "", False
+        if old is not None:
+            old.close()
+        with self._gate:
+            if not self._worker.is_alive() and not self._stopping:  # engines missing at start, or the batcher failed
+                self._worker = threading.Thread(target=self._serve, name=f"batcher-{self.name}", daemon=True)
+                self._worker.start()
+        self.metrics.model_ready.labels(model=self.name).set(1.0)
+        log.info("model %s reloaded from %s", self.name, self.folder)
 
     def _serve(self) -> None:
         try:
@@ -247,10 +304,11 @@ class Model:
                 live.append(job)
         if not live:
             return
-        assert self.runtime is not None
         try:
             images = live[0].images if len(live) == 1 else np.concatenate([j.images for j in live])
-            result = self.runtime.infer(images, point_name=live[0].point)
+            with self._engines:
+                assert self.runtime is not None
+                result = self.runtime.infer(images, point_name=live[0].point)
         except Exception as exc:  # an engine failing mid-run: every job in the batch gets the error
             log.exception("model %s: batch of %d failed", self.name, len(live))
             for job in live:
@@ -314,6 +372,11 @@ class GovernorLoop:
         assert self.model.runtime is not None
         self.model.runtime.set_operating_point(point)
         self.metrics.operating_point.replace([({"model": self.model.name, "point": point}, 1.0)], model=self.model.name)
+
+    @property
+    def points(self) -> list[str]:
+        """The operating points the governor switches between."""
+        return [r.point for r in self.governor.rungs]
 
     def record_latency(self, seconds: float) -> None:
         with self._lock:

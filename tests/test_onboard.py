@@ -1,0 +1,310 @@
+"""edged for clients on the same board: tritonclient.grpc against the gRPC endpoint, and
+Triton's system shared-memory extension over HTTP and gRPC (regions made with
+tritonclient.utils.shared_memory), with the faults a region can meet; model reload with
+an engine file gone; one flooding client against the others."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from edge.daemon.config import DaemonConfig
+from edge.daemon.main import Daemon
+from edge.runtime import Runtime
+
+grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] (the 'test' extra) is not installed")
+httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (the 'test' extra) is not installed")
+shm = pytest.importorskip("tritonclient.utils.shared_memory", reason="tritonclient's shared-memory utilities are not installed")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm: POSIX shared memory is Linux's here")
+OUTPUTS = ("probabilities", "exit", "prediction")
+
+
+@pytest.fixture
+def daemon(built_copy: Path) -> Iterator[Daemon]:
+    daemon = Daemon(DaemonConfig(model_repository=str(built_copy), port=0, grpc_port=0, sensors="none"))
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def urls(daemon: Daemon) -> tuple[str, str]:
+    host, port = daemon.address
+    assert daemon.grpc is not None
+    return f"{host}:{port}", f"{host}:{daemon.grpc.port}"
+
+
+def grpc_infer(url: str, images: np.ndarray, **kw: Any) -> Any:
+    tensor = grpcclient.InferInput("input", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    return grpcclient.InferenceServerClient(url).infer("engines", [tensor], outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS], **kw)
+
+
+def assert_same(result: Any, reference: Any) -> None:
+    np.testing.assert_allclose(result.as_numpy("probabilities"), reference.probabilities, atol=1e-6)
+    np.testing.assert_array_equal(result.as_numpy("exit"), reference.exits)
+    np.testing.assert_array_equal(result.as_numpy("prediction"), reference.predictions)
+
+
+def grpc_code(exc: pytest.ExceptionInfo[InferenceServerException]) -> str:
+    return str(exc.value.status())
+
+
+# --- gRPC ----------------------------------------------------------------------------------------
+
+def test_tritonclient_grpc_infers_like_the_runtime_in_process(daemon: Daemon, built_copy: Path, real_images: np.ndarray) -> None:
+    _, url = urls(daemon)
+    reference = Runtime(built_copy).infer(real_images[:5])
+    result = grpc_infer(url, real_images[:5])
+    assert_same(result, reference)
+    parameters = result.get_response(as_json=True)["parameters"]
+    assert parameters["operating_point"]["string_param"] == reference.operating_point
+    assert parameters["exits"]["string_param"] == ",".join(map(str, reference.exits))
+
+
+def test_grpc_health_metadata_points_and_budgets(daemon: Daemon, built_copy: Path, real_images: np.ndarray) -> None:
+    _, url = urls(daemon)
+    client = grpcclient.InferenceServerClient(url)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("engines")
+    meta = client.get_model_metadata("engines", as_json=True)
+    assert meta["inputs"][0]["name"] == "input" and {o["name"] for o in meta["outputs"]} == set(OUTPUTS)
+    assert "system_shared_memory" in client.get_server_metadata(as_json=True)["extensions"]
+    eager = Runtime(built_copy, operating_point="eager").infer(real_images[:4])
+    result = grpc_infer(url, real_images[:4], parameters={"operating_point": "eager"})
+    assert_same(result, eager)
+    assert result.get_response(as_json=True)["parameters"]["operating_point"]["string_param"] == "eager"
+
+
+def test_grpc_typed_contents_are_read_like_raw_bytes(daemon: Daemon, built_copy: Path, real_images: np.ndarray) -> None:
+    """A client that fills contents.fp32_contents instead of raw_input_contents (the KServe
+    default) gets the same answer."""
+    _, url = urls(daemon)
+    images = real_images[:2]
+    request = service_pb2.ModelInferRequest(model_name="engines")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=list(images.shape))
+    tensor.contents.fp32_contents.extend(images.ravel().tolist())
+    with grpc.insecure_channel(url) as channel:
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    probabilities = next(np.frombuffer(raw, np.float32) for out, raw in zip(response.outputs, response.raw_output_contents) if out.name == "probabilities")
+    np.testing.assert_allclose(probabilities.reshape(2, -1), Runtime(built_copy).infer(images).probabilities, atol=1e-6)
+
+
+@pytest.mark.parametrize(("case", "code"), [
+    ("unknown model", "NOT_FOUND"), ("wrong shape", "INVALID_ARGUMENT"), ("unknown point", "INVALID_ARGUMENT"), ("short raw bytes", "INVALID_ARGUMENT"),
+])
+def test_bad_grpc_requests_get_the_matching_code_and_the_server_keeps_serving(daemon: Daemon, real_images: np.ndarray, case: str, code: str) -> None:
+    _, url = urls(daemon)
+    images = real_images[:1]
+    request = service_pb2.ModelInferRequest(model_name="nope" if case == "unknown model" else "engines")
+    shape = [1, 8, 4] if case == "wrong shape" else list(images.shape)
+    request.inputs.add(name="input", datatype="FP32", shape=shape)
+    raw = images.tobytes()
+    request.raw_input_contents.append(raw[:-4] if case == "short raw bytes" else raw[: 4 * int(np.prod(shape))])
+    if case == "unknown point":
+        request.parameters["operating_point"].string_param = "warp"
+    with grpc.insecure_channel(url) as channel, pytest.raises(grpc.RpcError) as failed:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert failed.value.code().name == code and failed.value.details()
+    assert grpc_infer(url, images).as_numpy("prediction").shape == (1,)
+
+
+def test_grpc_takes_the_same_bearer_token_as_http(built_copy: Path, tmp_path: Path, real_images: np.ndarray) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    daemon = Daemon(DaemonConfig(model_repository=str(built_copy), port=0, grpc_port=0, sensors="none", token_file=str(tmp_path / "token")))
+    daemon.start()
+    try:
+        _, url = urls(daemon)
+        assert grpcclient.InferenceServerClient(url).is_server_live()  # health needs no token
+        with pytest.raises(InferenceServerException) as refused:
+            grpc_infer(url, real_images[:1])
+        assert "UNAUTHENTICATED" in grpc_code(refused)
+        assert grpc_infer(url, real_images[:1], headers={"authorization": "Bearer s3cret"}).as_numpy("exit").shape == (1,)
+    finally:
+        daemon.stop()
+
+
+# --- system shared memory ---------------------------------------------------------------------------
+
+@pytest.fixture
+def region() -> Iterator[tuple[str, Any, int]]:
+    """A region made the way a Triton client makes one: (key, handle, byte size)."""
+    key = f"/edge-test-{uuid.uuid4().hex[:8]}"
+    size = 4096
+    handle = shm.create_shared_memory_region("frames", key, size)
+    yield key, handle, size
+    shm.destroy_shared_memory_region(handle)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_inputs_and_outputs_in_shared_memory_answer_like_the_runtime(daemon: Daemon, built_copy: Path, real_images: np.ndarray, region, protocol: str) -> None:
+    key, handle, size = region
+    http_url, grpc_url = urls(daemon)
+    lib = httpclient if protocol == "http" else grpcclient
+    client = lib.InferenceServerClient(http_url if protocol == "http" else grpc_url)
+    images = real_images[:3]
+    shm.set_shared_memory_region(handle, [images])
+    client.register_system_shared_memory("frames", key, size)
+    tensor = lib.InferInput("input", list(images.shape), "FP32")
+    tensor.set_shared_memory("frames", images.nbytes)
+    out_offset = images.nbytes
+    probabilities = lib.InferRequestedOutput("probabilities")
+    probabilities.set_shared_memory("frames", 3 * 10 * 4, offset=out_offset)
+    result = client.infer("engines", [tensor], outputs=[probabilities, lib.InferRequestedOutput("exit")])
+    reference = Runtime(built_copy).infer(images)
+    np.testing.assert_array_equal(result.as_numpy("exit"), reference.exits)
+    written = shm.get_contents_as_numpy(handle, np.float32, [3, 10], offset=out_offset)
+    np.testing.assert_allclose(written, reference.probabilities, atol=1e-6)
+    status = client.get_system_shared_memory_status(as_json=True) if protocol == "grpc" else client.get_system_shared_memory_status()
+    assert "frames" in str(status) and key in str(status)
+    client.unregister_system_shared_memory("frames")
+    assert len(daemon.app.shm) == 0
+
+
+def http_shm_infer(url: str, images_shape: list[int], byte_size: int, offset: int = 0) -> Any:
+    tensor = httpclient.InferInput("input", images_shape, "FP32")
+    tensor.set_shared_memory("frames", byte_size, offset=offset)
+    return httpclient.InferenceServerClient(url).infer("engines", [tensor])
+
+
+def test_a_region_that_is_overrun_shrinks_vanishes_or_is_unregistered_fails_that_request_only(daemon: Daemon, real_images: np.ndarray, region) -> None:
+    key, handle, size = region
+    url, _ = urls(daemon)
+    client = httpclient.InferenceServerClient(url)
+    images = real_images[:2]
+    shm.set_shared_memory_region(handle, [images])
+    client.register_system_shared_memory("frames", key, size)
+    shape = list(images.shape)
+    with pytest.raises(InferenceServerException, match="run past region"):
+        http_shm_infer(url, shape, images.nbytes, offset=size - 100)
+    with pytest.raises(InferenceServerException, match="takes 512 bytes"):
+        http_shm_infer(url, shape, images.nbytes - 4)
+    fd = os.open(f"/dev/shm/{key.lstrip('/')}", os.O_RDWR)
+    os.ftruncate(fd, 256)  # the client shrinks its object under the daemon
+    with pytest.raises(InferenceServerException, match="shrank to 256 bytes"):
+        http_shm_infer(url, shape, images.nbytes)
+    os.ftruncate(fd, size)
+    os.close(fd)
+    assert http_shm_infer(url, shape, images.nbytes).as_numpy("prediction").shape == (2,)
+    os.unlink(f"/dev/shm/{key.lstrip('/')}")  # the client's object is gone (shm_unlink)
+    with pytest.raises(InferenceServerException, match="no longer exists"):
+        http_shm_infer(url, shape, images.nbytes)
+    fresh = shm.create_shared_memory_region("again", key, size)  # the same key, another object
+    try:
+        with pytest.raises(InferenceServerException, match="was replaced"):
+            http_shm_infer(url, shape, images.nbytes)
+    finally:
+        shm.destroy_shared_memory_region(fresh)
+    client.unregister_system_shared_memory("frames")
+    with pytest.raises(InferenceServerException, match="no shared-memory region named 'frames'"):
+        http_shm_infer(url, shape, images.nbytes)
+    assert client.infer("engines", [_plain(images)]).as_numpy("prediction").shape == (2,)
+
+
+def _plain(images: np.ndarray) -> Any:
+    tensor = httpclient.InferInput("input", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    return tensor
+
+
+@pytest.mark.parametrize(("key", "message"), [
+    ("/../../etc/passwd", "not a shared-memory object name"), ("/edge-test-absent", "No such file"), ("/edge-test-link", "symbolic link"),
+])
+def test_only_shared_memory_objects_can_be_registered(daemon: Daemon, key: str, message: str) -> None:
+    url, _ = urls(daemon)
+    link = Path("/dev/shm/edge-test-link")
+    link.unlink(missing_ok=True)
+    link.symlink_to("/etc/hostname")
+    try:
+        with pytest.raises(InferenceServerException, match=message):
+            httpclient.InferenceServerClient(url).register_system_shared_memory("r", key, 16)
+    finally:
+        link.unlink()
+    assert len(daemon.app.shm) == 0
+
+
+def test_a_region_larger_than_its_object_is_refused_and_a_name_is_registered_once(daemon: Daemon, region) -> None:
+    key, _, size = region
+    url, grpc_url = urls(daemon)
+    client = httpclient.InferenceServerClient(url)
+    with pytest.raises(InferenceServerException, match=f"holds {size} bytes; the region needs {size + 1}"):
+        client.register_system_shared_memory("frames", key, size + 1)
+    client.register_system_shared_memory("frames", key, size)
+    with pytest.raises(InferenceServerException) as twice:
+        grpcclient.InferenceServerClient(grpc_url).register_system_shared_memory("frames", key, size)
+    assert "INVALID_ARGUMENT" in grpc_code(twice) and "already registered" in str(twice.value)
+
+
+def test_shutdown_unregisters_every_region(built_copy: Path, region) -> None:
+    key, _, size = region
+    daemon = Daemon(DaemonConfig(model_repository=str(built_copy), port=0, grpc_port=0, sensors="none"))
+    daemon.start()
+    url, _ = urls(daemon)
+    httpclient.InferenceServerClient(url).register_system_shared_memory("frames", key, size)
+    fds = set(os.listdir("/proc/self/fd"))
+    daemon.stop()
+    assert len(daemon.app.shm) == 0 and len(fds - set(os.listdir("/proc/self/fd"))) >= 1
+
+
+# --- reload, flood -------------------------------------------------------------------------------
+
+def test_an_engine_deleted_on_disk_keeps_serving_and_a_reload_refuses_with_the_reason(daemon: Daemon, built_copy: Path, real_images: np.ndarray) -> None:
+    url, grpc_url = urls(daemon)
+    segment = sorted(built_copy.glob("*.onnx"))[0]
+    saved = segment.read_bytes()
+    segment.unlink()
+    client = httpclient.InferenceServerClient(url)
+    assert client.infer("engines", [_plain(real_images[:2])]).as_numpy("prediction").shape == (2,)
+    with pytest.raises(InferenceServerException, match=f"not reloaded, still serving.*{segment.name}"):
+        client.load_model("engines")
+    segment.write_bytes(b"not an onnx file")
+    with pytest.raises(InferenceServerException) as corrupt:
+        grpcclient.InferenceServerClient(grpc_url).load_model("engines")
+    assert "INVALID_ARGUMENT" in grpc_code(corrupt) and segment.name in str(corrupt.value)
+    assert daemon.models["engines"].ready and grpc_infer(grpc_url, real_images[:2]).as_numpy("exit").shape == (2,)
+    segment.write_bytes(saved)
+    client.load_model("engines")
+    reference = Runtime(built_copy).infer(real_images[:3])
+    np.testing.assert_array_equal(client.infer("engines", [_plain(real_images[:3])]).as_numpy("prediction"), reference.predictions)
+
+
+def test_a_flooding_client_is_refused_fast_and_the_others_are_answered(built_copy: Path, real_images: np.ndarray) -> None:
+    """One gRPC channel sends far more than its share at once; another client, meanwhile,
+    gets every answer."""
+    daemon = Daemon(DaemonConfig(model_repository=str(built_copy), port=0, grpc_port=0, sensors="none", queue_size=16, client_queue_share=4, max_batch=1))
+    daemon.start()
+    try:
+        url, grpc_url = urls(daemon)
+        flooder = grpcclient.InferenceServerClient(grpc_url)
+        tensor = grpcclient.InferInput("input", [64, *real_images.shape[1:]], "FP32")
+        tensor.set_data_from_numpy(real_images)
+        outcomes: list[tuple[float, str]] = []
+        started = time.perf_counter()
+
+        def done(result: Any, error: Any) -> None:
+            outcomes.append((time.perf_counter() - started, "ok" if error is None else str(error.status())))
+
+        for _ in range(200):
+            flooder.async_infer("engines", [tensor], done)
+        with ThreadPoolExecutor(2) as pool:
+            others = list(pool.map(lambda i: httpclient.InferenceServerClient(url).infer("engines", [_plain(real_images[i : i + 1])]), range(20)))
+        deadline = time.monotonic() + 60
+        while len(outcomes) < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        refused = [t for t, status in outcomes if "UNAVAILABLE" in status]
+        assert len(outcomes) == 200 and refused, outcomes[:5]  # without the share, the flood fills the queue and the others get 503
+        assert all(o.as_numpy("prediction").shape == (1,) for o in others)
+        assert {status for _, status in outcomes} <= {"ok", "StatusCode.UNAVAILABLE"}
+        flooder.close()
+    finally:
+        daemon.stop()
