@@ -52,7 +52,7 @@ def bench_server(job: ServerBench) -> dict[str, Any]:
     in_process = time_in_process(runtime, images)
     input_name = runtime.manifest.input.name
     runtime.close()
-    server, url, model = start_server(job)
+    server, url, _, model = start_server(job.engines, {"max_batch": job.max_batch, "queue_size": 1024})
     try:
         results: dict[str, dict[str, float]] = {"in_process": in_process}
         for level in job.concurrency:
@@ -93,20 +93,22 @@ def time_in_process(runtime: Runtime, images: np.ndarray) -> dict[str, float]:
     return summary(latencies, time.perf_counter() - start)
 
 
-def start_server(job: ServerBench) -> tuple[subprocess.Popen[str], str, str]:
-    config = {"model_repository": str(job.engines.resolve()), "port": 0, "grpc_port": 0, "sensors": "none", "max_batch": job.max_batch,
-              "queue_size": 1024, "log_format": "json"}
+def start_server(engines: Path, settings: dict[str, Any]) -> tuple[subprocess.Popen[str], str, str, str]:
+    """edged in its own process on free ports: (process, HTTP host:port, gRPC host:port, model)."""
+    config = {"model_repository": str(engines.resolve()), "port": 0, "grpc_port": 0, "sensors": "none", "log_format": "json", **settings}
     config_file = Path(tempfile.mkdtemp()) / "edged.json"
     config_file.write_text(json.dumps(config))
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     process = subprocess.Popen([sys.executable, "-m", "edge.daemon.main", "--config", str(config_file)], env=env, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
+    grpc_url = ""
     for line in process.stderr:
-        entry = json.loads(line)
-        if entry["message"].startswith("serving"):
-            model = entry["message"].split("'")[1]
-            return process, entry["message"].rsplit("//", 1)[1], model
+        message = json.loads(line)["message"]
+        if message.startswith("gRPC on "):
+            grpc_url = message.removeprefix("gRPC on ")
+        if message.startswith("serving"):
+            return process, message.rsplit("//", 1)[1], grpc_url, message.split("'")[1]
     raise UserError(f"edged did not start (exit code {process.wait()})")
 
 

@@ -201,7 +201,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
 
     def ModelInfer(self, request: Any, context: Any) -> Any:
         self._authorize(context)
-        started, status, name = time.perf_counter(), HTTPStatus.OK, request.model_name
+        started, status, name, reply = time.perf_counter(), HTTPStatus.OK, request.model_name, None
         self.app.begin()
         try:
             model = self.app.model(request.model_name, request.model_version)
@@ -210,14 +210,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             remaining = context.time_remaining()
             if remaining is not None and parsed.timeout_s is None:
                 parsed.timeout_s = max(remaining, 1e-3)  # the client's deadline bounds the wait in the queue
-            return infer_response(model.name, parsed.id, self.app.infer(model, parsed, f"grpc:{context.peer()}"))
+            reply = self.app.infer(model, parsed, f"grpc:{context.peer()}", started)
+            return infer_response(model.name, parsed.id, reply)
         except Exception as exc:
             status = error_status(exc)[0]
             self._abort(context, exc)
         finally:
             self.app.end()
             if name in self.app.models:
-                self.app.record(name, int(status), time.perf_counter() - started)
+                self.app.record(name, int(status), time.perf_counter() - started, reply)
 
     # --- the extensions ----------------------------------------------------------------------
 

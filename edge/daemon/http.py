@@ -150,12 +150,13 @@ class Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         status = HTTPStatus.OK
         counted = False
+        reply = None
         try:
             body = self._read_body()
             self.app.begin()  # answered before shutdown completes (a stalled upload is not waited for)
             counted = True
             request = parse_request(body, self.headers.get("Inference-Header-Content-Length"))
-            reply = self.app.infer(model, request, f"http:{self.client_address[0]}:{self.client_address[1]}")
+            reply = self.app.infer(model, request, f"http:{self.client_address[0]}:{self.client_address[1]}", started)
             payload, header_length = encode_response(model.name, request.id, reply.outputs, request.binary, reply.parameters, reply.shared)
             headers = {"Inference-Header-Content-Length": str(header_length)} if header_length is not None else {}
             self._send(HTTPStatus.OK, payload, "application/octet-stream" if header_length else "application/json", headers)
@@ -169,7 +170,7 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             if counted:
                 self.app.end()
-        self.app.record(model.name, int(status), time.perf_counter() - started)
+        self.app.record(model.name, int(status), time.perf_counter() - started, reply)
 
     # --- plumbing ------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+OVERHEAD_BUCKETS_S = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 disable_created_metrics()  # the *_created series say when the process started: noise for a dashboard
@@ -47,6 +48,10 @@ class Registry:
         self.errors = Counter("edge_request_errors_total", "Requests that failed, by kind.", ("kind",), registry=r)
         self.refusals = Counter("edge_refusals_total", "Requests refused because the queue was full.", ("model",), registry=r)
         self.latency = Histogram("edge_request_latency_seconds", "Time from request received to response ready.", buckets=LATENCY_BUCKETS_S, registry=r)
+        self.overhead = Histogram("edge_request_overhead_seconds", "Of a request's time, what was not its batch's time in the engines: parsing, queueing, copying, encoding.",
+                                  buckets=OVERHEAD_BUCKETS_S, registry=r)
+        self.input_time = Histogram("edge_request_input_seconds", "From a request's arrival to its tensors in hand: reading, parsing, copying out of shared memory.",
+                                    buckets=OVERHEAD_BUCKETS_S, registry=r)
         self.exits = Counter("edge_exits_total", "Samples answered at each exit.", ("exit", "model"), registry=r)
         self.queue_depth = Gauge("edge_queue_depth", "Requests waiting to be batched.", ("model",), registry=r)
         self.batch_size = Histogram("edge_batch_size", "Rows per engine call.", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -36,6 +37,8 @@ class Reply:
     outputs: dict[str, np.ndarray]
     parameters: dict[str, Any]  # operating_point, exits
     shared: dict[str, RegionRef]  # outputs already written to shared memory
+    engine_s: float  # of the request's time, what the runtime took for its batch
+    input_s: float  # from its arrival to its tensors in hand: read, parsed, copied out of shared memory
 
 
 class App:
@@ -74,27 +77,32 @@ class App:
             raise UnknownModel(f"model {name!r} has only version 1")
         return model
 
-    def infer(self, model: Model, request: InferRequest, client: str) -> Reply:
-        """Run one request: its shared-memory inputs read, queued with the others, its
-        outputs picked and, where asked, written to shared memory."""
+    def infer(self, model: Model, request: InferRequest, client: str, arrived: float) -> Reply:
+        """Run one request (`arrived`: its perf_counter at arrival): its shared-memory
+        inputs read, queued with the others, its outputs picked and, where asked, written
+        to shared memory."""
         inputs = dict(request.inputs)
         for name, spec in request.shm_inputs.items():
             inputs[name] = self.shm.read(spec.ref, spec.dtype, spec.shape, f"input {name!r}")
+        input_s = time.perf_counter() - arrived
         timeout = min(self.config.request_timeout_s, request.timeout_s or math.inf)
         answer = model.submit(inputs, timeout, request.operating_point, request.latency_budget_ms, client).wait()
         outputs = select_outputs(answer, request.outputs)
         for name, ref in request.shm_outputs.items():
             self.shm.write(ref, outputs[name], f"output {name!r}")
         parameters = {"operating_point": answer.operating_point, "exits": ",".join(map(str, answer.exits.tolist()))}
-        return Reply(outputs, parameters, request.shm_outputs)
+        return Reply(outputs, parameters, request.shm_outputs, answer.engine_s, input_s)
 
-    def record(self, model: str, status: int, elapsed_s: float) -> None:
-        """A request answered: its status in the metrics, its latency to the governor."""
+    def record(self, model: str, status: int, elapsed_s: float, reply: Reply | None) -> None:
+        """A request answered: its status in the metrics, its latency to the governor, its
+        time outside the engines and its input time to the overhead histograms."""
         self.metrics.requests.labels(code=str(status), model=model).inc()
-        if status != HTTPStatus.OK:
+        if status != HTTPStatus.OK or reply is None:
             self.metrics.errors.labels(kind=HTTPStatus(status).phrase.lower().replace(" ", "_")).inc()
             return
         self.metrics.latency.observe(elapsed_s)
+        self.metrics.overhead.observe(max(elapsed_s - reply.engine_s, 0.0))
+        self.metrics.input_time.observe(reply.input_s)
         governor = self.governors.get(model)
         if governor is not None:
             governor.record_latency(elapsed_s)

@@ -55,10 +55,11 @@ class Answer:
     predictions: np.ndarray
     exits: np.ndarray
     operating_point: str
+    engine_s: float  # the batch's time in the runtime: the rest of a request's time is the server's
 
     @classmethod
     def rows(cls, result: InferenceResult, start: int, end: int) -> Answer:
-        return cls(result.probabilities[start:end], result.predictions[start:end], result.exits[start:end], result.operating_point)
+        return cls(result.probabilities[start:end], result.predictions[start:end], result.exits[start:end], result.operating_point, result.total_ms / 1e3)
 
 
 @dataclass
