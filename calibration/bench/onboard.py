@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from calibration.bench.server import start_server, summary
+from calibration.bench.server import summary
 from edge.atomic import write_json_atomic
+from edge.loadtest.process import start_edged
 from edge.manifest import MANIFEST_NAME
 from edge.runtime import Runtime
 
@@ -163,8 +164,9 @@ def bench_size(job: OnboardBench, size: str) -> dict[str, Any]:
     shape = MODELS[size][1]
     images = np.random.default_rng(1).random((job.requests + 64, *shape), dtype=np.float32)
     runtime = Runtime(engines)
-    server, http_url, grpc_url, model = start_server(engines, {"max_batch": 8, "queue_size": 256})
-    urls = {"http": http_url, "grpc": grpc_url}
+    edged = start_edged(engines, {"max_batch": 8, "queue_size": 256})
+    http_url, model = edged.http, edged.model
+    urls = {"http": http_url, "grpc": edged.grpc}
     configs = ["in_process", *PROTOCOLS]
     latencies: dict[tuple[str, int], list[float]] = {(c, n): [] for c in configs for n in job.concurrency}
     served = {key: np.zeros(3) for key in latencies}  # (seconds outside the engines, seconds to inputs, requests), as edged measured them
@@ -179,8 +181,7 @@ def bench_size(job: OnboardBench, size: str) -> dict[str, Any]:
             latencies[(config, level)] += timed_block(make, count, level, start=len(latencies[(config, level)]) % 64)
             served[(config, level)] += server_seconds(http_url) - before
     finally:
-        server.terminate()
-        server.wait(60)
+        edged.stop()
         runtime.close()
     return size_report(latencies, served, job.concurrency, engines)
 

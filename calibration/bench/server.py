@@ -10,11 +10,6 @@ in-process time). Writes bench_server.json and prints the table.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +21,7 @@ import numpy as np
 from calibration.data import load_dataset
 from edge.atomic import write_json_atomic
 from edge.errors import UserError
+from edge.loadtest.process import start_edged
 from edge.runtime import Runtime
 
 
@@ -52,14 +48,14 @@ def bench_server(job: ServerBench) -> dict[str, Any]:
     in_process = time_in_process(runtime, images)
     input_name = runtime.manifest.input.name
     runtime.close()
-    server, url, _, model = start_server(job.engines, {"max_batch": job.max_batch, "queue_size": 1024})
+    edged = start_edged(job.engines, {"max_batch": job.max_batch, "queue_size": 1024})
+    url, model = edged.http, edged.model
     try:
         results: dict[str, dict[str, float]] = {"in_process": in_process}
         for level in job.concurrency:
             results[f"server_c{level}"] = time_server(triton, url, model, input_name, images, level)
     finally:
-        server.terminate()
-        server.wait(60)
+        edged.stop()
     report = {
         "engines": str(job.engines), "requests": len(images), "batch": 1, "max_batch": job.max_batch,
         "results": results,
@@ -91,25 +87,6 @@ def time_in_process(runtime: Runtime, images: np.ndarray) -> dict[str, float]:
         runtime.infer(images[i : i + 1])
         latencies.append(time.perf_counter() - t)
     return summary(latencies, time.perf_counter() - start)
-
-
-def start_server(engines: Path, settings: dict[str, Any]) -> tuple[subprocess.Popen[str], str, str, str]:
-    """edged in its own process on free ports: (process, HTTP host:port, gRPC host:port, model)."""
-    config = {"model_repository": str(engines.resolve()), "port": 0, "grpc_port": 0, "sensors": "none", "log_format": "json", **settings}
-    config_file = Path(tempfile.mkdtemp()) / "edged.json"
-    config_file.write_text(json.dumps(config))
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    process = subprocess.Popen([sys.executable, "-m", "edge.daemon.main", "--config", str(config_file)], env=env, stderr=subprocess.PIPE, text=True)
-    assert process.stderr is not None
-    grpc_url = ""
-    for line in process.stderr:
-        message = json.loads(line)["message"]
-        if message.startswith("gRPC on "):
-            grpc_url = message.removeprefix("gRPC on ")
-        if message.startswith("serving"):
-            return process, message.rsplit("//", 1)[1], grpc_url, message.split("'")[1]
-    raise UserError(f"edged did not start (exit code {process.wait()})")
 
 
 def time_server(triton: Any, url: str, model: str, input_name: str, images: np.ndarray, concurrency: int) -> dict[str, float]:

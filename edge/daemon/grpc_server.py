@@ -10,10 +10,12 @@ queue's per-client share.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -24,6 +26,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from edge.daemon.protocol import DTYPES, NAMES, InferRequest, ProtocolError, ShmInput, input_header, point_request, region_ref
 from edge.daemon.service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, App, Reply, error_status
+from edge.daemon.serving import Job, RequestTimeout
 from edge.daemon.shm import RegionRef
 
 log = logging.getLogger(__name__)
@@ -144,53 +147,57 @@ def infer_response(model: str, request_id: str | None, reply: Reply) -> Any:
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """The service on grpc.aio: a request waiting for its batch holds no thread, so a
+    refusal (a full queue, a client past its share) is answered at once however many
+    calls are waiting."""
+
     def __init__(self, app: App) -> None:
         self.app = app
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _abort(self, context: Any, exc: Exception) -> None:
+    async def _abort(self, context: Any, exc: Exception) -> None:
         status, message, _ = error_status(exc)
         if status == HTTPStatus.INTERNAL_SERVER_ERROR:
             log.error("gRPC request failed", exc_info=exc)
-        context.abort(GRPC_CODES.get(status, grpc.StatusCode.INTERNAL), message)
+        await context.abort(GRPC_CODES.get(status, grpc.StatusCode.INTERNAL), message)
 
-    def _authorize(self, context: Any) -> None:
+    async def _authorize(self, context: Any) -> None:
         token = self.app.token
         if token is None:
             return
-        given = dict(context.invocation_metadata()).get("authorization", "")
+        given = dict(context.invocation_metadata() or ()).get("authorization", "")
         scheme, _, value = given.partition(" ")
         if not (scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a bearer token is required (metadata authorization: Bearer <token>)")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a bearer token is required (metadata authorization: Bearer <token>)")
 
-    def _guarded(self, context: Any, action: Any) -> Any:
+    async def _guarded(self, context: Any, action: Callable[[], Any]) -> Any:
         """Run an action; an error it raises becomes the RPC's status."""
         try:
             return action()
         except Exception as exc:
-            self._abort(context, exc)
+            await self._abort(context, exc)
 
     # --- health and metadata -------------------------------------------------------------------
 
-    def ServerLive(self, request: Any, context: Any) -> Any:
+    async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request: Any, context: Any) -> Any:
+    async def ServerReady(self, request: Any, context: Any) -> Any:
         return pb.ServerReadyResponse(ready=self.app.ready())
 
-    def ModelReady(self, request: Any, context: Any) -> Any:
-        model = self._guarded(context, lambda: self.app.model(request.name, request.version))
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        model = await self._guarded(context, lambda: self.app.model(request.name, request.version))
         return pb.ModelReadyResponse(ready=model.ready)
 
-    def ServerMetadata(self, request: Any, context: Any) -> Any:
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
 
-    def ModelMetadata(self, request: Any, context: Any) -> Any:
-        model = self._guarded(context, lambda: self.app.model(request.name, request.version))
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        model = await self._guarded(context, lambda: self.app.model(request.name, request.version))
         doc = model.metadata()
         if "inputs" not in doc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"model {model.name!r} is not ready: {model.reason}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"model {model.name!r} is not ready: {model.reason}")
         tensors = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=doc["name"], versions=doc["versions"], platform=doc["platform"],
@@ -199,8 +206,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
 
     # --- inference ---------------------------------------------------------------------------
 
-    def ModelInfer(self, request: Any, context: Any) -> Any:
-        self._authorize(context)
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        await self._authorize(context)
         started, status, name, reply = time.perf_counter(), HTTPStatus.OK, request.model_name, None
         self.app.begin()
         try:
@@ -210,11 +217,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             remaining = context.time_remaining()
             if remaining is not None and parsed.timeout_s is None:
                 parsed.timeout_s = max(remaining, 1e-3)  # the client's deadline bounds the wait in the queue
-            reply = self.app.infer(model, parsed, f"grpc:{context.peer()}", started)
+            pending = self.app.submit(model, parsed, f"grpc:{context.peer()}", started)
+            await answered(pending.job)
+            reply = self.app.reply(pending)
             return infer_response(model.name, parsed.id, reply)
         except Exception as exc:
             status = error_status(exc)[0]
-            self._abort(context, exc)
+            await self._abort(context, exc)
         finally:
             self.app.end()
             if name in self.app.models:
@@ -222,44 +231,85 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
 
     # --- the extensions ----------------------------------------------------------------------
 
-    def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        self._authorize(context)
-        regions = self._guarded(context, lambda: self.app.shm.status(request.name))
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        await self._authorize(context)
+        regions = await self._guarded(context, lambda: self.app.shm.status(request.name))
         status = pb.SystemSharedMemoryStatusResponse.RegionStatus
         return pb.SystemSharedMemoryStatusResponse(regions={r["name"]: status(**r) for r in regions})
 
-    def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        self._authorize(context)
-        self._guarded(context, lambda: self.app.shm.register(request.name, request.key, request.offset, request.byte_size))
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        await self._authorize(context)
+        await self._guarded(context, lambda: self.app.shm.register(request.name, request.key, request.offset, request.byte_size))
         return pb.SystemSharedMemoryRegisterResponse()
 
-    def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        self._authorize(context)
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        await self._authorize(context)
         self.app.shm.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
-    def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        self._authorize(context)
-        self._guarded(context, lambda: self.app.reload(request.model_name))
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await self._authorize(context)
+        loop = asyncio.get_running_loop()  # loading engines takes a while: not on the loop's thread
+        try:
+            await loop.run_in_executor(None, self.app.reload, request.model_name)
+        except Exception as exc:
+            await self._abort(context, exc)
         return pb.RepositoryModelLoadResponse()
 
 
+async def answered(job: Job) -> None:
+    """Until the batcher answers the job (the answer stays on it), or its deadline passes."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not future.done():
+            future.set_result(None)
+    job.when_done(lambda: loop.call_soon_threadsafe(wake))
+    try:
+        await asyncio.wait_for(future, job.seconds_left())
+    except asyncio.TimeoutError:
+        raise RequestTimeout("no answer before the request's timeout") from None
+
+
 class GrpcServer:
-    """The gRPC endpoint on its own port. Beyond `max_rpcs` calls in flight, new ones are
-    refused at once (RESOURCE_EXHAUSTED) instead of waiting for a thread."""
+    """The gRPC endpoint on its own port and its own event-loop thread. Beyond `max_rpcs`
+    calls in flight, new ones are refused at once (RESOURCE_EXHAUSTED)."""
 
     def __init__(self, app: App, host: str, port: int, max_rpcs: int) -> None:
+        self.host = host
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="grpc", daemon=True)
+        self._thread.start()
+        try:
+            self.server, self.port = self._run(self._bind(app, host, port, max_rpcs))
+        except BaseException:
+            self._close_loop()
+            raise
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    async def _bind(self, app: App, host: str, port: int, max_rpcs: int) -> tuple[Any, int]:
         limit = app.config.max_body_bytes
         options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit), ("grpc.so_reuseport", 0)]
-        self.server = grpc.server(ThreadPoolExecutor(max_rpcs, thread_name_prefix="grpc"), options=options, maximum_concurrent_rpcs=max_rpcs)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(app), self.server)
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_rpcs)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(app), server)
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self.server.add_insecure_port(target)  # raises when the address is taken
-        self.host = host
+        return server, server.add_insecure_port(target)  # raises when the address is taken
 
     def start(self) -> None:
-        self.server.start()
+        self._run(self.server.start())
 
-    def stop(self, grace_s: float) -> Any:
-        """Refuse new calls now; those running get `grace_s` (returns an event set when done)."""
-        return self.server.stop(grace_s)
+    def stop(self, grace_s: float) -> None:
+        """Refuse new calls now; those running get `grace_s`; then the loop ends."""
+        try:
+            self._run(self.server.stop(grace_s))
+        finally:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5.0)
+        if not self._thread.is_alive():
+            self.loop.close()

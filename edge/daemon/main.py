@@ -32,7 +32,7 @@ from edge.errors import EdgeError, UserError
 
 log = logging.getLogger("edged")
 
-GRPC_SPARE_THREADS = 16  # gRPC calls in flight beyond the queue's size: health, metadata, refusals
+GRPC_CALLS_PER_QUEUED = 4  # gRPC calls in flight per queue slot before the transport refuses more (refusals take no slot for long)
 GRPC_GRACE_S = 20.0  # what calls already running get at shutdown (within systemd's 30 s)
 
 
@@ -51,7 +51,7 @@ class Daemon:
         self.grpc: GrpcServer | None = None
         if config.grpc_port >= 0:
             try:
-                self.grpc = GrpcServer(self.app, config.host, config.grpc_port, max_rpcs=config.queue_size + GRPC_SPARE_THREADS)
+                self.grpc = GrpcServer(self.app, config.host, config.grpc_port, max_rpcs=config.queue_size * GRPC_CALLS_PER_QUEUED)
             except RuntimeError as exc:  # grpcio: the address is taken
                 self.server.server_close()
                 raise OSError(f"cannot serve gRPC on {config.host}:{config.grpc_port} ({exc})") from None
@@ -100,13 +100,15 @@ class Daemon:
     def stop(self) -> None:
         """Stop accepting, finish what is queued, release everything."""
         self.server.shutdown()
-        grpc_done = self.grpc.stop(GRPC_GRACE_S) if self.grpc is not None else None
+        grpc = threading.Thread(target=self.grpc.stop, args=(GRPC_GRACE_S,), name="grpc-stop") if self.grpc is not None else None
+        if grpc is not None:
+            grpc.start()  # refuses new calls at once; the running ones finish as the models drain
         for model in self.models.values():
             model.stop(drain_timeout_s=20.0 / max(len(self.models), 1))  # all within systemd's 30 s
         if not self.app.wait_idle(5.0):
             log.warning("stopping with requests still being answered")
-        if grpc_done is not None:
-            grpc_done.wait(GRPC_GRACE_S)
+        if grpc is not None:
+            grpc.join(GRPC_GRACE_S + 5.0)
         for loop in self.governors.values():
             loop.stop()
         self.server.server_close()

@@ -52,6 +52,8 @@ class Registry:
                                   buckets=OVERHEAD_BUCKETS_S, registry=r)
         self.input_time = Histogram("edge_request_input_seconds", "From a request's arrival to its tensors in hand: reading, parsing, copying out of shared memory.",
                                     buckets=OVERHEAD_BUCKETS_S, registry=r)
+        self.refusal_time = Histogram("edge_refusal_seconds", "From an overloaded request's arrival to its refusal (503, or UNAVAILABLE over gRPC).",
+                                      buckets=OVERHEAD_BUCKETS_S, registry=r)
         self.exits = Counter("edge_exits_total", "Samples answered at each exit.", ("exit", "model"), registry=r)
         self.queue_depth = Gauge("edge_queue_depth", "Requests waiting to be batched.", ("model",), registry=r)
         self.batch_size = Histogram("edge_batch_size", "Rows per engine call.", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)

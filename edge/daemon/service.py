@@ -20,7 +20,7 @@ import numpy as np
 from edge.daemon.config import DaemonConfig
 from edge.daemon.metrics import Registry
 from edge.daemon.protocol import InferRequest, ProtocolError
-from edge.daemon.serving import Answer, GovernorLoop, Model, ModelUnavailable, Overloaded, RequestTimeout
+from edge.daemon.serving import Answer, GovernorLoop, Job, Model, ModelUnavailable, Overloaded, RequestTimeout
 from edge.daemon.shm import RegionRef, SharedMemoryRegistry, UnknownRegion
 from edge.errors import InputError, UserError
 
@@ -39,6 +39,15 @@ class Reply:
     shared: dict[str, RegionRef]  # outputs already written to shared memory
     engine_s: float  # of the request's time, what the runtime took for its batch
     input_s: float  # from its arrival to its tensors in hand: read, parsed, copied out of shared memory
+
+
+@dataclass
+class Pending:
+    """A request queued: its answer comes through `job`."""
+
+    request: InferRequest
+    job: Job
+    input_s: float
 
 
 class App:
@@ -77,26 +86,38 @@ class App:
             raise UnknownModel(f"model {name!r} has only version 1")
         return model
 
-    def infer(self, model: Model, request: InferRequest, client: str, arrived: float) -> Reply:
-        """Run one request (`arrived`: its perf_counter at arrival): its shared-memory
-        inputs read, queued with the others, its outputs picked and, where asked, written
-        to shared memory."""
+    def submit(self, model: Model, request: InferRequest, client: str, arrived: float) -> Pending:
+        """Queue one request (`arrived`: its perf_counter at arrival), its shared-memory
+        inputs read first; everything a caller can get wrong fails here."""
         inputs = dict(request.inputs)
         for name, spec in request.shm_inputs.items():
             inputs[name] = self.shm.read(spec.ref, spec.dtype, spec.shape, f"input {name!r}")
         input_s = time.perf_counter() - arrived
         timeout = min(self.config.request_timeout_s, request.timeout_s or math.inf)
-        answer = model.submit(inputs, timeout, request.operating_point, request.latency_budget_ms, client).wait()
+        job = model.submit(inputs, timeout, request.operating_point, request.latency_budget_ms, client)
+        return Pending(request, job, input_s)
+
+    def reply(self, pending: Pending) -> Reply:
+        """The answer (waiting for it if need be): outputs picked and, where asked, written
+        to shared memory."""
+        answer = pending.job.wait()
+        request = pending.request
         outputs = select_outputs(answer, request.outputs)
         for name, ref in request.shm_outputs.items():
             self.shm.write(ref, outputs[name], f"output {name!r}")
         parameters = {"operating_point": answer.operating_point, "exits": ",".join(map(str, answer.exits.tolist()))}
-        return Reply(outputs, parameters, request.shm_outputs, answer.engine_s, input_s)
+        return Reply(outputs, parameters, request.shm_outputs, answer.engine_s, pending.input_s)
+
+    def infer(self, model: Model, request: InferRequest, client: str, arrived: float) -> Reply:
+        """submit, then wait for the reply on this thread."""
+        return self.reply(self.submit(model, request, client, arrived))
 
     def record(self, model: str, status: int, elapsed_s: float, reply: Reply | None) -> None:
         """A request answered: its status in the metrics, its latency to the governor, its
         time outside the engines and its input time to the overhead histograms."""
         self.metrics.requests.labels(code=str(status), model=model).inc()
+        if status == HTTPStatus.SERVICE_UNAVAILABLE:
+            self.metrics.refusal_time.observe(elapsed_s)
         if status != HTTPStatus.OK or reply is None:
             self.metrics.errors.labels(kind=HTTPStatus(status).phrase.lower().replace(" ", "_")).inc()
             return

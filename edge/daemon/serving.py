@@ -72,16 +72,34 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
     result: Answer | None = None
     error: Exception | None = None
+    _callbacks: list[Callable[[], object]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def finish(self, result: Answer | None = None, error: Exception | None = None) -> None:
         self.result, self.error = result, error
         if self.on_finish is not None:
             self.on_finish(self)
-        self.done.set()
+        with self._lock:
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def when_done(self, callback: Callable[[], object]) -> None:
+        """Call `callback` (from the batcher's thread) once answered; at once if it is."""
+        with self._lock:
+            if not self.done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def seconds_left(self) -> float:
+        """How long a caller waits for the answer: the deadline, and a little for the batch running."""
+        return max(0.0, self.deadline - time.monotonic()) + 0.5
 
     def wait(self) -> Answer:
         """The answer, or the error the batcher met; RequestTimeout past the deadline."""
-        if not self.done.wait(max(0.0, self.deadline - time.monotonic()) + 0.5):
+        if not self.done.wait(self.seconds_left()):
             raise RequestTimeout("no answer before the request's timeout")
         if self.error is not None:
             raise self.error

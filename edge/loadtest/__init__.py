@@ -1,0 +1,1 @@
+"""Load and fault testing of edged: protocol clients, the soak, the fuzzer."""

@@ -1,0 +1,72 @@
+"""edged in its own process, on free ports (benchmarks and the soak)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.errors import UserError
+
+
+@dataclass
+class Edged:
+    process: subprocess.Popen[str]
+    http: str  # host:port
+    grpc: str  # host:port
+    model: str
+    log: threading.Thread | None = None  # copies edged's stderr to its log file
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, then the exit code (killed if it does not stop in time)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        code = self.process.wait()
+        if self.log is not None:
+            self.log.join(10.0)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return code
+
+
+def start_edged(repository: Path, settings: dict[str, Any]) -> Edged:
+    """edged serving `repository` with `settings` over the config's defaults, on free
+    ports; its log (stderr) is copied to edged.log beside its config."""
+    config = {"model_repository": str(repository.resolve()), "port": 0, "grpc_port": 0, "sensors": "none", "log_format": "json", **settings}
+    folder = Path(tempfile.mkdtemp(prefix="edged-"))
+    (folder / "edged.json").write_text(json.dumps(config))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "edge.daemon.main", "--config", str(folder / "edged.json")]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    grpc = ""
+    for line in process.stderr:
+        message = json.loads(line)["message"]
+        if message.startswith("gRPC on "):
+            grpc = message.removeprefix("gRPC on ")
+        if message.startswith("serving"):
+            return Edged(process, message.rsplit("//", 1)[1], grpc, message.split("'")[1], _drain(process, folder / "edged.log"))
+    raise UserError(f"edged did not start (exit code {process.wait()})")
+
+
+def _drain(process: subprocess.Popen[str], path: Path) -> threading.Thread:
+    """Keep reading edged's log into a file, so a full pipe never blocks it."""
+    def copy() -> None:
+        assert process.stderr is not None
+        with path.open("a") as out:
+            for line in process.stderr:
+                out.write(line)
+    thread = threading.Thread(target=copy, name="edged-log", daemon=True)
+    thread.start()
+    return thread
