@@ -176,8 +176,8 @@ def _input(spec: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray | Shm
         raise ProtocolError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
     try:
         array = np.asarray(data, dtype=DTYPES[datatype])
-    except (TypeError, ValueError):
-        raise ProtocolError(f"input {name!r}: 'data' is not a list of {datatype} numbers") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a value out of the datatype's range
+        raise ProtocolError(f"input {name!r}: 'data' is not a list of {datatype} numbers in range") from None
     if array.size != count:
         raise ProtocolError(f"input {name!r}: {array.size} values for shape {shape} ({count} needed)")
     return name, array.reshape(shape), 0
