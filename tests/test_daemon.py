@@ -89,7 +89,7 @@ def raw(url: str, method: str, path: str, body: bytes | None = None, headers: di
     return response.status, (json.loads(data) if data and response.getheader("Content-Type", "").startswith("application/json") else {})
 
 
-def json_request(images: np.ndarray, name: str = "input", datatype: str = "FP32", **extra: Any) -> bytes:
+def json_request(images: np.ndarray, name: str = "input", datatype: Any = "FP32", **extra: Any) -> bytes:
     return json.dumps({"inputs": [{"name": name, "shape": list(images.shape), "datatype": datatype, "data": images.ravel().tolist()}], **extra}).encode()
 
 
@@ -149,6 +149,7 @@ def malformed_cases(images: np.ndarray) -> list[tuple[str, str, bytes | None, di
         ("POST", "/v2/models/digits/infer", json_request(images.reshape(len(images), 1, 64)), {}, 400, "shape"),
         ("POST", "/v2/models/digits/infer", json_request(images, datatype="INT32"), {}, 400, "must be FP32"),
         ("POST", "/v2/models/digits/infer", json_request(images, datatype="STRING"), {}, 400, "not supported"),
+        ("POST", "/v2/models/digits/infer", json_request(images, datatype=[1, 2]), {}, 400, "not supported"),
         ("POST", "/v2/models/digits/infer", json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [1.0] * 3}]}).encode(), {}, 400, "3 values for shape"),
         ("POST", "/v2/models/digits/infer", json.dumps({"inputs": [{"name": "input", "shape": [1, 1], "datatype": "UINT8", "data": [2**31]}]}).encode(), {}, 400, "numbers in range"),
         ("POST", "/v2/systemsharedmemory/region/r/register", b'{"key": "../../etc/passwd", "byte_size": 4}', {}, 400, "not a shared-memory object name"),

@@ -20,8 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, default=Path("docs/results/onboard.json"))
     p.add_argument("--sizes", default=",".join(MODELS), help=f"input sizes among {', '.join(MODELS)}")
     p.add_argument("--concurrency", default="1,8")
-    p.add_argument("--requests", type=int, default=200, help="per protocol and concurrency, over all rounds")
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--requests", type=int, default=400, help="per protocol and concurrency, over all rounds")
+    p.add_argument("--rounds", type=int, default=8)
     a = p.parse_args(argv)
     sizes = tuple(a.sizes.split(","))
     unknown = [s for s in sizes if s not in MODELS]

@@ -48,8 +48,8 @@ class OnboardBench:
     report: Path = Path("docs/results/onboard.json")
     sizes: tuple[str, ...] = tuple(MODELS)
     concurrency: tuple[int, ...] = (1, 8)
-    requests: int = 200  # per configuration and concurrency, over all rounds
-    rounds: int = 4
+    requests: int = 400  # per configuration and concurrency, over all rounds
+    rounds: int = 8
     json_requests: int = 40  # JSON at 224x224 is 150k numbers a request: fewer of them
 
 

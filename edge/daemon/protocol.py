@@ -147,7 +147,7 @@ def input_header(name: Any, shape: Any, datatype: Any) -> tuple[str, list[int], 
         raise ProtocolError("every input needs a 'name'")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    if datatype not in DTYPES:
+    if not isinstance(datatype, str) or datatype not in DTYPES:
         raise ProtocolError(f"input {name!r}: datatype {datatype!r} is not supported; use one of {sorted(DTYPES)}")
     count = math.prod(shape)
     if count > MAX_ELEMENTS:

@@ -187,9 +187,11 @@ def binary_cases(input_shape: tuple[int, ...]) -> Any:
                "parameters": {"binary_data_output": True}}
         raw = np.random.default_rng(rows).random(rows * nbytes // 4, dtype=np.float32).tobytes()[: max(0, rows * nbytes + extra)] + garbage
         return doc, raw, length_kind
-    declared = st.sampled_from(["exact"]) | st.integers(-10, 10 * nbytes) | anything()
-    return st.builds(case, st.integers(0, 3), declared, st.integers(-nbytes, 64), st.sampled_from(DATATYPES), st.sampled_from(["exact", "short", "long", "garbage", "none"]),
-                     st.binary(max_size=32))
+    declared = st.just("exact") | st.just("exact") | st.integers(-10, 10 * nbytes) | anything()
+    extra = st.just(0) | st.integers(-nbytes, 64)
+    garbage = st.just(b"") | st.binary(max_size=32)
+    return st.builds(case, st.integers(0, 3), declared, extra, st.sampled_from(["FP32"] * 6 + DATATYPES),
+                     st.sampled_from(["exact"] * 6 + ["short", "long", "garbage", "none"]), garbage)
 
 
 def infer_parameters() -> Any:
