@@ -83,7 +83,10 @@ class Job:
             self.done.set()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
-            callback()
+            try:
+                callback()
+            except Exception:  # a waiter gone (its event loop closed): the batcher goes on
+                log.warning("a request's completion callback failed", exc_info=True)
 
     def when_done(self, callback: Callable[[], object]) -> None:
         """Call `callback` (from the batcher's thread) once answered; at once if it is."""

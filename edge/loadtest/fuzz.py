@@ -1,7 +1,8 @@
 """Property-based fuzzing of edged (`edge-fuzz`): requests generated with hypothesis over
 four channels, each sent to edged in its own process, each answer checked to be a 2xx or
-a 4xx (over gRPC: OK or a caller's-fault code), never a server error or a hang; then the
-server must still be alive and answer a well-formed request correctly.
+a 4xx (over gRPC: OK or a caller's-fault code), never a server error or a hang (a 504 is
+the answer only to a request that set its own `timeout`); then the server must still be
+alive and answer a well-formed request correctly.
 
   http_json    infer bodies: well-formed ones with fields replaced by anything JSON can
                hold, and arbitrary JSON; the model and version in the path vary too
@@ -244,6 +245,17 @@ def shm_operations(model: str, input_shape: tuple[int, ...], objects: int) -> An
 
 # --- senders -------------------------------------------------------------------------------------
 
+def own_timeout(parameters: Any) -> bool:
+    """Whether a request set its own positive timeout: a 504 (DEADLINE_EXCEEDED) is then
+    its answer, not a server fault."""
+    if not isinstance(parameters, dict):
+        return False
+    timeout = parameters.get("timeout")
+    if isinstance(timeout, tuple):  # a gRPC parameter: (kind, value)
+        timeout = timeout[1]
+    return isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0
+
+
 def send_json(target: Target, case: tuple[str, Any]) -> tuple[str, bool]:
     path, doc = case
     try:
@@ -251,6 +263,8 @@ def send_json(target: Target, case: tuple[str, Any]) -> tuple[str, bool]:
     except (ValueError, TypeError):
         body = repr(doc).encode()
     status = target.post(path, body, {"Content-Type": "application/json"})
+    if status == 504 and own_timeout(doc.get("parameters") if isinstance(doc, dict) else None):
+        return "504 (its own timeout)", True
     return str(status), status < 500
 
 
@@ -288,6 +302,8 @@ def _set_parameters(target: Any, values: dict[str, tuple[str, Any]]) -> None:
 
 def send_grpc(target: Target, case: dict[str, Any]) -> tuple[str, bool]:
     code = target.grpc_call("ModelInfer", grpc_message(case))
+    if code == "DEADLINE_EXCEEDED" and own_timeout(case["parameters"]):
+        return "DEADLINE_EXCEEDED (its own timeout)", True
     return code, code in GRPC_FINE
 
 
