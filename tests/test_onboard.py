@@ -119,6 +119,25 @@ def test_bad_grpc_requests_get_the_matching_code_and_the_server_keeps_serving(da
     assert grpc_infer(url, images).as_numpy("prediction").shape == (1,)
 
 
+def test_a_grpc_timeout_that_is_not_a_positive_number_is_no_timeout(daemon: Daemon, real_images: np.ndarray) -> None:
+    """As over HTTP (found by edge-fuzz: a bool timeout was read as 1 microsecond)."""
+    _, url = urls(daemon)
+    images = real_images[:1]
+    request = service_pb2.ModelInferRequest(model_name="engines")
+    request.inputs.add(name="input", datatype="FP32", shape=list(images.shape))
+    request.raw_input_contents.append(images.tobytes())
+    with grpc.insecure_channel(url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for kind, value in (("bool_param", True), ("string_param", "1"), ("int64_param", -5)):
+            request.parameters["timeout"].Clear()
+            setattr(request.parameters["timeout"], kind, value)
+            assert len(stub.ModelInfer(request).raw_output_contents) == 3
+        request.parameters["timeout"].int64_param = 1  # a real one, too short: its own deadline
+        with pytest.raises(grpc.RpcError) as late:
+            stub.ModelInfer(request)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 def test_grpc_takes_the_same_bearer_token_as_http(built_copy: Path, tmp_path: Path, real_images: np.ndarray) -> None:
     (tmp_path / "token").write_text("s3cret\n")
     daemon = Daemon(DaemonConfig(model_repository=str(built_copy), port=0, grpc_port=0, sensors="none", token_file=str(tmp_path / "token")))

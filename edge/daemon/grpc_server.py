@@ -24,7 +24,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from edge.daemon.protocol import DTYPES, NAMES, InferRequest, ProtocolError, ShmInput, input_header, point_request, region_ref
+from edge.daemon.protocol import DTYPES, NAMES, InferRequest, ProtocolError, ShmInput, input_header, point_request, positive, region_ref
 from edge.daemon.service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, App, Reply, error_status
 from edge.daemon.serving import Job, RequestTimeout
 from edge.daemon.shm import RegionRef
@@ -90,7 +90,7 @@ def infer_request(message: Any) -> InferRequest:
     names, shm_outputs = _requested(message.outputs)
     point, budget = point_request(parameters)
     timeout = parameters.get("timeout")
-    timeout_s = float(timeout) / 1e6 if isinstance(timeout, int) and timeout > 0 else None
+    timeout_s = float(timeout) / 1e6 if positive(timeout) else None  # as over HTTP: a bool or a string is no timeout
     return InferRequest(message.id or None, tensors, parameters, names, set(), point, budget, timeout_s, shared, shm_outputs)
 
 

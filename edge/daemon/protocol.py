@@ -71,7 +71,7 @@ def _count(parameters: dict[str, Any], key: str, default: int | None, what: str)
     return value
 
 
-def _positive(value: Any) -> TypeGuard[int | float]:
+def positive(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
@@ -82,7 +82,7 @@ def point_request(parameters: dict[str, Any]) -> tuple[str | None, float | None]
         raise ProtocolError("ask for an operating_point or a latency_budget_ms, not both")
     if point is not None and not isinstance(point, str):
         raise ProtocolError("parameters.operating_point must be a string")
-    if budget is not None and not _positive(budget):
+    if budget is not None and not positive(budget):
         raise ProtocolError("parameters.latency_budget_ms must be a positive number")
     return point, None if budget is None else float(budget)
 
@@ -119,7 +119,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     request_id = doc.get("id")
     point, budget = point_request(parameters)
     timeout = parameters.get("timeout")  # a malformed one is ignored: the server's limit applies
-    timeout_s = float(timeout) / 1e6 if _positive(timeout) else None
+    timeout_s = float(timeout) / 1e6 if positive(timeout) else None
     return InferRequest(None if request_id is None else str(request_id), tensors, parameters, outputs, binary, point, budget, timeout_s, shared, shm_outputs)
 
 

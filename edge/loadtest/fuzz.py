@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from edge.atomic import write_json_atomic
+from edge.daemon.protocol import positive
 from edge.deps import require
 from edge.loadtest.process import Edged, start_edged
 from edge.manifest import load_manifest
@@ -253,7 +254,7 @@ def own_timeout(parameters: Any) -> bool:
     timeout = parameters.get("timeout")
     if isinstance(timeout, tuple):  # a gRPC parameter: (kind, value)
         timeout = timeout[1]
-    return isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0
+    return positive(timeout)
 
 
 def send_json(target: Target, case: tuple[str, Any]) -> tuple[str, bool]:
