@@ -1,12 +1,11 @@
 """What every front end (HTTP, gRPC) serves: one inference request from its parsed form
 to its outputs, the shared-memory regions, model reloads, and what each failure answers.
 
-Statuses are HTTP's numbers; the gRPC side maps them to its codes (grpc.py).
+Statuses are HTTP's numbers; the gRPC side maps them to its codes (grpc_server.py).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -23,8 +22,6 @@ from edge.daemon.protocol import InferRequest, ProtocolError
 from edge.daemon.serving import Answer, GovernorLoop, Job, Model, ModelUnavailable, Overloaded, RequestTimeout
 from edge.daemon.shm import RegionRef, SharedMemoryRegistry, UnknownRegion
 from edge.errors import InputError, UserError
-
-log = logging.getLogger(__name__)
 
 SERVER_NAME, SERVER_VERSION = "edged", "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "system_shared_memory", "model_repository"]
