@@ -113,7 +113,7 @@ def one_input(**spec: object) -> bytes:
     (one_input(datatype="STRING"), None, r"^input 'x': datatype 'STRING' is not supported; use one of \['FP16', ", 400),
     (one_input(shape=[2**31, 2**31]), None, r"^input 'x': shape \[2147483648, 2147483648\] has 4611686018427387904 elements, more than 268435456$", 400),
     (one_input(data=[1.0]), None, r"^input 'x': 1 values for shape \[2\] \(2 needed\)$", 400),
-    (one_input(data=["a", "b"]), None, r"^input 'x': 'data' is not a list of FP32 numbers$", 400),
+    (one_input(data=["a", "b"]), None, r"^input 'x': 'data' is not a list of FP32 numbers in range$", 400),
     (one_input(data=None), None, r"^input 'x' has neither 'data' nor parameters.binary_data_size$", 400),
     (one_input(parameters=[]), None, r"^'inputs\[x\].parameters' must be a JSON object$", 400),
     (doc_body({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}] * 2}), None, r"^input 'x' given twice$", 400),
