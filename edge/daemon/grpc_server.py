@@ -42,10 +42,6 @@ GRPC_CODES = {
 TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents", "INT32": "int_contents", "INT8": "int_contents", "UINT8": "uint_contents"}
 
 
-class Refused(Exception):
-    """A request answered with an error status (raised to leave the handler)."""
-
-
 def parameters_of(message_parameters: Any) -> dict[str, Any]:
     """A protobuf map of InferParameter as plain values."""
     values = {}

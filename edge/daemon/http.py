@@ -22,7 +22,7 @@ from urllib.parse import unquote
 
 from edge.daemon.metrics import CONTENT_TYPE
 from edge.daemon.protocol import ProtocolError, encode_response, error_body, parse_request
-from edge.daemon.service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, App, error_status
+from edge.daemon.service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, App, UnknownModel, error_status
 from edge.daemon.serving import Model
 
 log = logging.getLogger(__name__)
@@ -175,18 +175,13 @@ class Handler(BaseHTTPRequestHandler):
     # --- plumbing ------------------------------------------------------------------------------
 
     def _model(self, match: re.Match[str], discard: bool = False) -> Model | None:
-        model = self.app.models.get(match["model"])
-        if model is None:
+        try:
+            return self.app.model(match["model"], match["version"])
+        except UnknownModel as exc:
             if discard:
                 self._discard_body()
-            self._error(HTTPStatus.NOT_FOUND, f"unknown model {match['model']!r}; served: {sorted(self.app.models)}")
+            self._error(HTTPStatus.NOT_FOUND, str(exc))
             return None
-        if match["version"] not in (None, "1"):
-            if discard:
-                self._discard_body()
-            self._error(HTTPStatus.NOT_FOUND, f"model {match['model']!r} has only version 1")
-            return None
-        return model
 
     def _authorized(self, discard: bool = False) -> bool:
         token = self.app.token

@@ -39,16 +39,20 @@ class Edged:
         return code
 
 
+def child_env() -> dict[str, str]:
+    """This environment, with this checkout importable: a child process runs the same code."""
+    root = Path(__file__).resolve().parents[2]
+    return {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
 def start_edged(repository: Path, settings: dict[str, Any]) -> Edged:
     """edged serving `repository` with `settings` over the config's defaults, on free
     ports; its log (stderr) is copied to edged.log beside its config."""
     config = {"model_repository": str(repository.resolve()), "port": 0, "grpc_port": 0, "sensors": "none", "log_format": "json", **settings}
     folder = Path(tempfile.mkdtemp(prefix="edged-"))
     (folder / "edged.json").write_text(json.dumps(config))
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     command = [sys.executable, "-m", "edge.daemon.main", "--config", str(folder / "edged.json")]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, env=child_env(), stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     grpc = ""
     for line in process.stderr:

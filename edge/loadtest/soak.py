@@ -24,7 +24,6 @@ import dataclasses
 import http.client
 import json
 import math
-import os
 import random
 import shutil
 import subprocess
@@ -42,7 +41,7 @@ import numpy as np
 
 from edge.atomic import write_json_atomic
 from edge.loadtest.clients import PROTOCOLS, Answered, Client
-from edge.loadtest.process import Edged, start_edged
+from edge.loadtest.process import Edged, child_env, start_edged
 from edge.manifest import MANIFEST_NAME, load_manifest, save_manifest
 from edge.runtime import Runtime
 
@@ -304,8 +303,7 @@ class Soak:
         refusals_before = self._metric_sums("edge_refusal_seconds")
         shape = ",".join(map(str, (self.max_rows, *self.pool.shape[1:])))
         command = [sys.executable, "-m", "edge.loadtest.flood", "--url", self.edged.grpc, "--model", self.edged.model, "--shape", shape, "--count", str(count)]
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=child_env())
         if done.returncode != 0:
             return {"kind": "flood", "observed": {"flooder_failed": done.stderr[-500:]}, "ok": False}
         observed = json.loads(done.stdout)
