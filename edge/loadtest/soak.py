@@ -297,12 +297,14 @@ class Soak:
     def flood(self, count: int = 400) -> dict[str, Any]:
         """Expected: the flooder's excess refused at once (UNAVAILABLE); nothing else fails.
         The flooder is its own process (its own connection, as a program on the board has);
-        its requests are full batches, so they outrun the engines even on a small model."""
+        its requests are full batches at the costliest point, so they outrun the engines even on
+        a small model."""
         assert self.edged is not None
         errors_before = len(self.tally.errors)
         refusals_before = self._metric_sums("edge_refusal_seconds")
         shape = ",".join(map(str, (self.max_rows, *self.pool.shape[1:])))
-        command = [sys.executable, "-m", "edge.loadtest.flood", "--url", self.edged.grpc, "--model", self.edged.model, "--shape", shape, "--count", str(count)]
+        command = [sys.executable, "-m", "edge.loadtest.flood", "--url", self.edged.grpc, "--model", self.edged.model, "--shape", shape, "--count", str(count),
+                   "--point", self.points[0]]
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=child_env())
         if done.returncode != 0:
             return {"kind": "flood", "observed": {"flooder_failed": done.stderr[-500:]}, "ok": False}
