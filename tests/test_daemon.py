@@ -487,7 +487,7 @@ def test_metrics_follow_the_prometheus_text_format(served, real_images: np.ndarr
     _, url = served
     infer(url, real_images[:3])
     text = raw_text(url, "/metrics")
-    line_format = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"\n]*",?)*\})? (-?[0-9.e+]+|NaN|[+-]Inf)$')
+    line_format = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"\n]*",?)*\})? (-?[0-9.]+([eE][+-]?[0-9]+)?|NaN|[+-]Inf)$')  # 9.9e-05 too
     for line in text.strip().splitlines():
         assert line.startswith(("# HELP ", "# TYPE ")) or line_format.match(line), line
     metrics = scrape(url)

@@ -24,7 +24,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from edge.daemon.protocol import DTYPES, NAMES, InferRequest, ProtocolError, ShmInput, input_header, point_request, positive, region_ref
+from edge.daemon.protocol import DTYPES, NAMES, InferRequest, ProtocolError, ShmInput, input_header, output_region, point_request, positive, region_ref
 from edge.daemon.service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, App, Reply, error_status
 from edge.daemon.serving import Job, RequestTimeout
 from edge.daemon.shm import RegionRef
@@ -113,10 +113,7 @@ def _requested(outputs: Any) -> tuple[list[str] | None, dict[str, RegionRef]]:
     names, shared = [], {}
     for output in outputs:
         names.append(output.name)
-        parameters = parameters_of(output.parameters)
-        if parameters.get("class_count"):
-            raise ProtocolError(f"output {output.name!r}: class_count (top-k classification) is not supported; read 'probabilities'")
-        ref = region_ref(parameters, f"output {output.name!r}")
+        ref = output_region(output.name, parameters_of(output.parameters))
         if ref is not None:
             shared[output.name] = ref
     return names, shared

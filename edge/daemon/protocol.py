@@ -64,6 +64,13 @@ def region_ref(parameters: dict[str, Any], what: str) -> RegionRef | None:
     return RegionRef(region, _count(parameters, "shared_memory_byte_size", None, what), _count(parameters, "shared_memory_offset", 0, what))
 
 
+def output_region(name: str, parameters: dict[str, Any]) -> RegionRef | None:
+    """The region a requested output is to be written to, if any (HTTP and gRPC alike)."""
+    if parameters.get("class_count"):
+        raise ProtocolError(f"output {name!r}: class_count (top-k classification) is not supported; read 'probabilities'")
+    return region_ref(parameters, f"output {name!r}")
+
+
 def _count(parameters: dict[str, Any], key: str, default: int | None, what: str) -> int:
     value = parameters.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -196,9 +203,7 @@ def _outputs(value: Any, all_binary: bool) -> tuple[list[str] | None, set[str], 
             raise ProtocolError("every requested output needs a 'name'")
         names.append(name)
         parameters = _object(spec.get("parameters", {}), f"outputs[{name}].parameters")
-        if parameters.get("class_count"):
-            raise ProtocolError(f"output {name!r}: class_count (top-k classification) is not supported; read 'probabilities'")
-        ref = region_ref(parameters, f"output {name!r}")
+        ref = output_region(name, parameters)
         if ref is not None:
             shared[name] = ref
         elif parameters.get("binary_data", all_binary):
