@@ -1,8 +1,9 @@
 """A client process that floods edged: `count` gRPC requests at once on one channel, each a
 full batch. Run as its own process (`python -m edge.loadtest.flood`), it is what a
 misbehaving program on the board looks like: its own connection, its own interpreter.
-Its requests name the costliest operating point, so each keeps the engines busy longer than
-edged takes to take in the next. Prints one JSON object: how many were answered, refused, and how fast the refusals came.
+Its requests name the costliest operating point, so each keeps the engines busy longer
+than edged takes to take in the next. Prints one JSON object: how many were answered,
+refused, and how fast the refusals came.
 
 The burst must outrun edged on any machine, however small the model: the message is built
 once and the calls go out back to back on a channel already connected (building each call
