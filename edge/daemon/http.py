@@ -66,7 +66,7 @@ class Handler(BaseHTTPRequestHandler):
         shm = SHM_ROUTE.match(path)
         if shm and shm["action"] == "status":
             if self._authorized():
-                self._admin(lambda _: self.app.shm.status(unquote(shm["region"] or "")), {})
+                self._admin(lambda _: self.app.shm.status(unquote(shm["region"] or "")))
             return None
         match = MODEL_ROUTE.match(path)
         if match and match["rest"] != "/infer":
@@ -83,7 +83,7 @@ class Handler(BaseHTTPRequestHandler):
         admin = self._admin_route(path)
         if admin is not None:
             if self._authorized(discard=True):
-                self._admin(admin, self._admin_body())
+                self._admin(admin, read_body=True)
             return None
         match = MODEL_ROUTE.match(path)
         if not match or match["rest"] != "/infer":
@@ -112,29 +112,25 @@ class Handler(BaseHTTPRequestHandler):
             return lambda _: self.app.reload(model)
         return None
 
-    def _admin_body(self) -> dict[str, Any] | Exception:
+    def _admin_body(self) -> dict[str, Any]:
+        length = self._content_length()
+        if length > MAX_ADMIN_BODY:
+            self._skip(length)
+            raise ProtocolError(f"body of {length} bytes is too long for this route", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        body = self._read_body() if length else b"{}"
         try:
-            length = self._content_length()
-            if length > MAX_ADMIN_BODY:
-                self._skip(length)
-                raise ProtocolError(f"body of {length} bytes is too long for this route", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-            body = self._read_body() if length else b"{}"
-            try:
-                doc = json.loads(body)
-            except (ValueError, RecursionError):
-                raise ProtocolError("request body is not valid JSON") from None
-            if not isinstance(doc, dict):
-                raise ProtocolError("request body must be a JSON object")
-            return doc
-        except ProtocolError as exc:
-            return exc
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            raise ProtocolError("request body is not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise ProtocolError("request body must be a JSON object")
+        return doc
 
-    def _admin(self, action: Callable[[dict[str, Any]], Any], body: dict[str, Any] | Exception) -> None:
-        """Run an extension's action; its result (if any) is the JSON answer."""
+    def _admin(self, action: Callable[[dict[str, Any]], Any], read_body: bool = False) -> None:
+        """Run an extension's action on the request's JSON body (if it has one); its result
+        (if any) is the JSON answer, its error the error answer."""
         try:
-            if isinstance(body, Exception):
-                raise body
-            result = action(body)
+            result = action(self._admin_body() if read_body else {})
         except Exception as exc:
             status, message, headers = error_status(exc)
             if status == HTTPStatus.INTERNAL_SERVER_ERROR:

@@ -17,7 +17,7 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from edge.daemon.shm import RegionRef
+from edge.daemon.shm import RegionRef, non_negative
 from edge.errors import UserError
 
 DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8}
@@ -61,7 +61,8 @@ def region_ref(parameters: dict[str, Any], what: str) -> RegionRef | None:
         return None
     if not isinstance(region, str) or not region:
         raise ProtocolError(f"{what}: shared_memory_region must be a region's name")
-    return RegionRef(region, _count(parameters, "shared_memory_byte_size", None, what), _count(parameters, "shared_memory_offset", 0, what))
+    size, offset = parameters.get("shared_memory_byte_size"), parameters.get("shared_memory_offset", 0)
+    return RegionRef(region, non_negative(size, f"{what}: shared_memory_byte_size"), non_negative(offset, f"{what}: shared_memory_offset"))
 
 
 def output_region(name: str, parameters: dict[str, Any]) -> RegionRef | None:
@@ -69,13 +70,6 @@ def output_region(name: str, parameters: dict[str, Any]) -> RegionRef | None:
     if parameters.get("class_count"):
         raise ProtocolError(f"output {name!r}: class_count (top-k classification) is not supported; read 'probabilities'")
     return region_ref(parameters, f"output {name!r}")
-
-
-def _count(parameters: dict[str, Any], key: str, default: int | None, what: str) -> int:
-    value = parameters.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError(f"{what}: {key} must be a non-negative integer, got {value!r}")
-    return value
 
 
 def positive(value: Any) -> TypeGuard[int | float]:

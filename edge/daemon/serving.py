@@ -68,7 +68,7 @@ class Job:
     point: str | None
     deadline: float
     client: str = ""
-    on_finish: Callable[[Job], None] | None = None
+    on_finish: Callable[[Job], None] | None = None  # the model's bookkeeping: runs before any waiter wakes
     done: threading.Event = field(default_factory=threading.Event)
     result: Answer | None = None
     error: Exception | None = None

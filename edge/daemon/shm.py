@@ -58,7 +58,8 @@ class RegionRef:
     offset: int = 0
 
 
-def _integer(value: Any, what: str) -> int:
+def non_negative(value: Any, what: str) -> int:
+    """`value` if it is a non-negative integer (not a bool); the error names `what`."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise SharedMemoryError(f"{what} must be a non-negative integer, got {value!r}")
     return value
@@ -77,7 +78,7 @@ class SharedMemoryRegistry:
             raise SharedMemoryError("a region needs a name of 1-255 characters")
         if not isinstance(key, str) or not KEY.match(key):
             raise SharedMemoryError(f"key {key!r} is not a shared-memory object name (one path component, letters, digits, '_', '.', '-')")
-        offset, byte_size = _integer(offset, "offset"), _integer(byte_size, "byte_size")
+        offset, byte_size = non_negative(offset, "offset"), non_negative(byte_size, "byte_size")
         if byte_size == 0:
             raise SharedMemoryError("byte_size must be positive")
         fd, inode = self._open(key, offset + byte_size)
