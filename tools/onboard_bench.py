@@ -16,12 +16,12 @@ from tools._cli import run_main
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="edge-bench-onboard", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("runs/bench-onboard"), help="where the random-weight engines are built (cached)")
-    p.add_argument("--report", type=Path, default=Path("docs/results/onboard.json"))
-    p.add_argument("--sizes", default=",".join(MODELS), help=f"input sizes among {', '.join(MODELS)}")
-    p.add_argument("--concurrency", default="1,8")
-    p.add_argument("--requests", type=int, default=400, help="per protocol and concurrency, over all rounds")
-    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--out", type=Path, default=OnboardBench.out, help="where the random-weight engines are built (cached)")
+    p.add_argument("--report", type=Path, default=OnboardBench.report)
+    p.add_argument("--sizes", default=",".join(OnboardBench.sizes), help=f"input sizes among {', '.join(MODELS)}")
+    p.add_argument("--concurrency", default=",".join(map(str, OnboardBench.concurrency)))
+    p.add_argument("--requests", type=int, default=OnboardBench.requests, help="per protocol and concurrency, over all rounds")
+    p.add_argument("--rounds", type=int, default=OnboardBench.rounds)
     a = p.parse_args(argv)
     sizes = tuple(a.sizes.split(","))
     unknown = [s for s in sizes if s not in MODELS]

@@ -30,6 +30,7 @@ import numpy as np
 
 from calibration.bench.server import summary
 from edge.atomic import write_json_atomic
+from edge.deps import require
 from edge.loadtest.process import start_edged
 from edge.manifest import MANIFEST_NAME
 from edge.runtime import Runtime
@@ -217,6 +218,8 @@ def size_report(
 
 
 def bench_onboard(job: OnboardBench) -> dict[str, Any]:
+    for module, extra in (("tritonclient.http", "test"), ("torchvision", "vision"), ("tqdm", "build"), ("matplotlib", "build")):
+        require(module, extra, "edge-bench-onboard")  # before an engine is built or edged started
     report: dict[str, Any] = {"protocols": list(PROTOCOLS), "concurrency": list(job.concurrency), "rounds": job.rounds,
                               "overhead": "median request time minus the in-process median at the same concurrency (ms)", "sizes": {}}
     for size in job.sizes:

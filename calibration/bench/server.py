@@ -48,7 +48,7 @@ def bench_server(job: ServerBench) -> dict[str, Any]:
     in_process = time_in_process(runtime, images)
     input_name = runtime.manifest.input.name
     runtime.close()
-    edged = start_edged(job.engines, {"max_batch": job.max_batch, "queue_size": 1024})
+    edged = start_edged(job.engines, {"max_batch": job.max_batch, "queue_size": 1024, "grpc_port": -1})  # HTTP only, as measured
     url, model = edged.http, edged.model
     try:
         results: dict[str, dict[str, float]] = {"in_process": in_process}

@@ -1,7 +1,8 @@
 """One inference client per protocol a board-local client may speak, all through
 tritonclient as a user would: HTTP with JSON, HTTP with binary tensors, gRPC, and system
 shared memory over HTTP or gRPC (inputs and the probabilities in the region; the small
-outputs in the answer). Each returns the answer in one shape, to check it.
+outputs in the answer). Each returns the answer in one shape; `check` holds it against the
+runtime's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,23 @@ class Answered:
     predictions: np.ndarray
     exits: np.ndarray
     point: str
+
+
+def check(answer: Answered, rows: np.ndarray, refs: dict[str, Any], asked: str | None = None) -> str | None:
+    """None if the answer is the runtime's for these images at the point it names (the
+    point `asked`, where the request named one), else why not."""
+    if asked is not None and answer.point != asked:
+        return f"asked for point {asked!r}, answered at {answer.point!r}"
+    ref = refs.get(answer.point)
+    if ref is None:
+        return f"answered at unknown point {answer.point!r}"
+    if not np.array_equal(answer.exits, ref.exits[rows]):
+        return f"exits {answer.exits.tolist()} != {ref.exits[rows].tolist()} at {answer.point}"
+    if not np.array_equal(answer.predictions, ref.predictions[rows]):
+        return f"predictions {answer.predictions.tolist()} != {ref.predictions[rows].tolist()} at {answer.point}"
+    if not np.allclose(answer.probabilities, ref.probabilities[rows], atol=1e-4):
+        return f"probabilities differ by {np.abs(answer.probabilities - ref.probabilities[rows]).max():.2e} at {answer.point}"
+    return None
 
 
 class Client:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from edge.atomic import write_json_atomic
-from edge.loadtest.clients import PROTOCOLS, Answered, Client
+from edge.loadtest.clients import PROTOCOLS, Client, check
 from edge.loadtest.process import Edged, child_env, start_edged
 from edge.manifest import MANIFEST_NAME, load_manifest, save_manifest
 from edge.runtime import Runtime
@@ -139,19 +139,6 @@ def references(model: Path, pool: np.ndarray) -> dict[str, Any]:
         runtime.close()
 
 
-def check(answer: Answered, rows: np.ndarray, refs: dict[str, Any]) -> str | None:
-    """None if the answer is the runtime's for these images at the point it names, else why not."""
-    ref = refs.get(answer.point)
-    if ref is None:
-        return f"answered at unknown point {answer.point!r}"
-    if not np.array_equal(answer.exits, ref.exits[rows]):
-        return f"exits {answer.exits.tolist()} != {ref.exits[rows].tolist()} at {answer.point}"
-    if not np.array_equal(answer.predictions, ref.predictions[rows]):
-        return f"predictions {answer.predictions.tolist()} != {ref.predictions[rows].tolist()} at {answer.point}"
-    if not np.allclose(answer.probabilities, ref.probabilities[rows], atol=1e-4):
-        return f"probabilities differ by {np.abs(answer.probabilities - ref.probabilities[rows]).max():.2e} at {answer.point}"
-    return None
-
 
 class Soak:
     def __init__(self, config: SoakConfig) -> None:
@@ -201,7 +188,7 @@ class Soak:
                 except Exception as exc:
                     self.tally.note("error", {"t_s": self.elapsed(), "protocol": protocol, "error": str(exc)[:300]})
                     continue
-                why = check(answer, rows, self.refs)
+                why = check(answer, rows, self.refs, point)
                 with self.tally.lock:
                     self.tally.answered[protocol] += 1
                 if why:
@@ -255,11 +242,12 @@ class Soak:
         return False
 
     def _governor(self) -> dict[str, Any]:
+        assert self.edged is not None
         _, state = self._get("/v2/edge/governor")
-        return dict(state[self.edged.model]) if self.edged else {}
+        return dict(state[self.edged.model])
 
     def sensor_fault(self) -> dict[str, Any]:
-        """Expected: sensor lost -> the cheapest point, at once; back -> sensor up, the governor relaxes."""
+        """Expected: sensor lost -> the cheapest point, at once; back -> the sensor read again."""
         assert self.edged is not None
         cheapest = self.points[-1]
         self.board.kill()
@@ -281,7 +269,7 @@ class Soak:
         """Expected: answers go on from the loaded engines; a reload refuses, naming the file;
         after the file is restored a reload succeeds."""
         assert self.edged is not None
-        segment = sorted(self.model_dir.glob("*.onnx"))[0]
+        segment = self.model_dir / load_manifest(self.model_dir).segments[0].file
         saved = segment.read_bytes()
         load = f"/v2/repository/models/{self.edged.model}/load"
         segment.unlink()
@@ -365,18 +353,20 @@ class Soak:
             self.stop.set()
             for thread in threads:
                 thread.join(30)
-            report = self.report()
-            exit_code = self.edged.stop()
+            try:
+                report = self.report()
+            finally:  # edged stopped and the copies removed even if it cannot answer for the report
+                exit_code = self.edged.stop()
+                shutil.rmtree(self.workdir, ignore_errors=True)
             report["edged_exit_code"] = exit_code
             report["passed"] = report["passed"] and exit_code == 0
-            shutil.rmtree(self.workdir, ignore_errors=True)
         return report
 
     def report(self) -> dict[str, Any]:
-        status, metrics = self._get("/metrics")
+        _, metrics = self._get("/metrics")
         switches = sum(float(line.rsplit(" ", 1)[1]) for line in str(metrics).splitlines() if line.startswith("edge_governor_switches_total{"))
         live = self._get("/v2/health/live")[0] == 200
-        warm = next(r["rss_mb"] for r in self.rss if r["label"] == "warm")
+        warm = next((r for r in self.rss if r["label"] == "warm"), self.rss[0])["rss_mb"]  # a run too short for a fault cycle: its first sample
         growth = (self.rss[-1]["rss_mb"] - warm) / warm
         report = {
             "minutes": self.config.minutes, "concurrency": self.config.concurrency, "protocols": list(PROTOCOLS), "points": self.points,
