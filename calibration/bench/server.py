@@ -78,7 +78,7 @@ def summary(latencies_s: list[float], wall_s: float) -> dict[str, float]:
 
 
 def time_in_process(runtime: Runtime, images: np.ndarray) -> dict[str, float]:
-    for i in range(50):
+    for i in range(min(50, len(images))):  # warm-up
         runtime.infer(images[i : i + 1])
     latencies = []
     start = time.perf_counter()
