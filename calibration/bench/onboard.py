@@ -11,12 +11,15 @@ overhead is what edged measures itself: the mean of each request's time outside 
 engines (from its arrival to its answer, less its batch's runtime call: parsing, queueing,
 copying, encoding), and of that the time to the request's tensors in hand (reading and
 parsing the body, copying out of shared memory). gRPC messages are decoded before edged's
-clock starts, so its server figures leave that out. Writes the JSON report and a PNG.
+clock starts, so its server figures leave that out; they are read from edged's metrics
+once every connection of a block has made its first (untimed) request, so they cover the
+timed requests only. Writes the JSON report and a PNG.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,11 +34,11 @@ import numpy as np
 from calibration.bench.server import summary
 from edge.atomic import write_json_atomic
 from edge.deps import require
+from edge.loadtest.clients import PROTOCOLS
 from edge.loadtest.process import start_edged
 from edge.manifest import MANIFEST_NAME
 from edge.runtime import Runtime
 
-PROTOCOLS = ("http_json", "http_binary", "grpc", "shm_http", "shm_grpc")
 MODELS = {  # input size -> (source, input shape)
     "3x224x224": ("torchvision:mobilenet_v3_small", (3, 224, 224)),
     "1x28x28": ("resnet20", (1, 28, 28)),
@@ -71,7 +74,8 @@ def random_engines(size: str, out: Path) -> Path:
     return folder
 
 
-def http_call(url: str, model: str, images: np.ndarray, binary: bool) -> Call:
+@contextmanager
+def http_call(url: str, model: str, images: np.ndarray, binary: bool) -> Iterator[Call]:
     import tritonclient.http as triton
 
     client = triton.InferenceServerClient(url, network_timeout=120)
@@ -81,10 +85,14 @@ def http_call(url: str, model: str, images: np.ndarray, binary: bool) -> Call:
         tensor = triton.InferInput("input", [1, *images.shape[1:]], "FP32")
         tensor.set_data_from_numpy(images[i : i + 1], binary_data=binary)
         client.infer(model, [tensor], outputs=output)
-    return call
+    try:
+        yield call
+    finally:
+        client.close()
 
 
-def grpc_call(url: str, model: str, images: np.ndarray) -> Call:
+@contextmanager
+def grpc_call(url: str, model: str, images: np.ndarray) -> Iterator[Call]:
     import tritonclient.grpc as triton
 
     client = triton.InferenceServerClient(url)
@@ -94,7 +102,10 @@ def grpc_call(url: str, model: str, images: np.ndarray) -> Call:
         tensor = triton.InferInput("input", [1, *images.shape[1:]], "FP32")
         tensor.set_data_from_numpy(images[i : i + 1])
         client.infer(model, [tensor], outputs=output)
-    return call
+    try:
+        yield call
+    finally:
+        client.close()
 
 
 @contextmanager
@@ -123,6 +134,7 @@ def shm_call(protocol: str, url: str, model: str, images: np.ndarray) -> Iterato
     finally:
         client.unregister_system_shared_memory(name)
         shm.destroy_shared_memory_region(handle)
+        client.close()
 
 
 @contextmanager
@@ -131,16 +143,22 @@ def protocol_call(protocol: str, urls: dict[str, str], model: str, images: np.nd
         with shm_call(protocol, urls["grpc" if protocol == "shm_grpc" else "http"], model, images) as call:
             yield call
     elif protocol == "grpc":
-        yield grpc_call(urls["grpc"], model, images)
+        with grpc_call(urls["grpc"], model, images) as call:
+            yield call
     else:
-        yield http_call(urls["http"], model, images, binary=protocol == "http_binary")
+        with http_call(urls["http"], model, images, binary=protocol == "http_binary") as call:
+            yield call
 
 
-def timed_block(make_call: Callable[[], Any], count: int, concurrency: int, start: int) -> list[float]:
-    """`count` requests over `concurrency` clients, each its own connection; the seconds each took."""
+def timed_block(make_call: Callable[[], Any], count: int, concurrency: int, start: int, when_warm: Callable[[], None] | None = None) -> list[float]:
+    """`count` requests over `concurrency` clients, each its own connection; the seconds
+    each took. `when_warm` runs once every client has connected, before any is timed."""
+    warm = threading.Barrier(concurrency, action=when_warm)
+
     def worker(k: int) -> list[float]:
         with make_call() as call:
             call(start + k)  # connect before the clock starts
+            warm.wait()
             times = []
             for i in range(k, count, concurrency):
                 t = time.perf_counter()
@@ -163,7 +181,8 @@ def bench_size(job: OnboardBench, size: str) -> dict[str, Any]:
 
     engines = random_engines(size, job.out)
     shape = MODELS[size][1]
-    images = np.random.default_rng(1).random((job.requests + 64, *shape), dtype=np.float32)
+    per_round = max(job.requests // job.rounds, *job.concurrency)
+    images = np.random.default_rng(1).random((per_round + 64, *shape), dtype=np.float32)  # blocks start at 0-63
     runtime = Runtime(engines)
     edged = start_edged(engines, {"max_batch": 8, "queue_size": 256})
     http_url, model = edged.http, edged.model
@@ -178,9 +197,12 @@ def bench_size(job: OnboardBench, size: str) -> dict[str, Any]:
             count = max(per_round, level)
             def make(config: str = config) -> Any:
                 return in_process(runtime, images) if config == "in_process" else protocol_call(config, urls, model, images)
-            before = server_seconds(http_url)
-            latencies[(config, level)] += timed_block(make, count, level, start=len(latencies[(config, level)]) % 64)
-            served[(config, level)] += server_seconds(http_url) - before
+            warm: list[np.ndarray] = []  # edged's sums once every client has connected
+
+            def mark_warm(warm: list[np.ndarray] = warm) -> None:
+                warm.append(server_seconds(http_url))
+            latencies[(config, level)] += timed_block(make, count, level, len(latencies[(config, level)]) % 64, mark_warm)
+            served[(config, level)] += server_seconds(http_url) - warm[0]
     finally:
         edged.stop()
         runtime.close()
