@@ -342,13 +342,16 @@ def _shm_infer(target: Target, case: dict[str, Any]) -> tuple[str, bool]:
         doc = {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "parameters": parameters}], "outputs": outputs or [{"name": "exit"}]}
         status = target.post(f"/v2/models/{target.edged.model}/infer", json.dumps(doc).encode())
         return str(status), status < 500
-    as_grpc = {k: ("int64_param", v) if isinstance(v, int) else ("string_param", v) for k, v in parameters.items()}
     message = grpc_message({"model": target.edged.model, "version": "", "id": "", "raw": [], "parameters": {},
-                            "inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "parameters": as_grpc, "fp32": [], "int64": []}],
-                            "outputs": [(o["name"], {k: ("int64_param", v) if isinstance(v, int) else ("string_param", v) for k, v in o["parameters"].items()})
-                                        for o in outputs]})
+                            "inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "parameters": _as_grpc(parameters), "fp32": [], "int64": []}],
+                            "outputs": [(o["name"], _as_grpc(o["parameters"])) for o in outputs]})
     code = target.grpc_call("ModelInfer", message)
     return code, code in GRPC_FINE
+
+
+def _as_grpc(parameters: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """Shared-memory parameters as grpc_message takes them: (InferParameter field, value)."""
+    return {k: ("int64_param", v) if isinstance(v, int) else ("string_param", v) for k, v in parameters.items()}
 
 
 def _quoted(name: str) -> str:

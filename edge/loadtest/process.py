@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,8 @@ class Edged:
     http: str  # host:port
     grpc: str  # host:port
     model: str
-    log: threading.Thread | None = None  # copies edged's stderr to its log file
+    folder: Path  # its config and its log (edged.log): kept only if it does not exit cleanly
+    log: threading.Thread  # copies edged's stderr to the log
 
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM, then the exit code (killed if it does not stop in time)."""
@@ -32,10 +34,13 @@ class Edged:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         code = self.process.wait()
-        if self.log is not None:
-            self.log.join(10.0)
+        self.log.join(10.0)
         if self.process.stderr is not None:
             self.process.stderr.close()
+        if code == 0:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:
+            print(f"edged exited with {code}; its log: {self.folder / 'edged.log'}", file=sys.stderr)
         return code
 
 
@@ -47,7 +52,8 @@ def child_env() -> dict[str, str]:
 
 def start_edged(repository: Path, settings: dict[str, Any]) -> Edged:
     """edged serving `repository` with `settings` over the config's defaults, on free
-    ports; its log (stderr) is copied to edged.log beside its config."""
+    ports; its log (stderr) is copied to edged.log beside its config, in a folder of its
+    own that `stop` removes when edged exits cleanly."""
     config = {"model_repository": str(repository.resolve()), "port": 0, "grpc_port": 0, "sensors": "none", "log_format": "json", **settings}
     folder = Path(tempfile.mkdtemp(prefix="edged-"))
     (folder / "edged.json").write_text(json.dumps(config))
@@ -60,7 +66,7 @@ def start_edged(repository: Path, settings: dict[str, Any]) -> Edged:
         if message.startswith("gRPC on "):
             grpc = message.removeprefix("gRPC on ")
         if message.startswith("serving"):
-            return Edged(process, message.rsplit("//", 1)[1], grpc, message.split("'")[1], _drain(process, folder / "edged.log"))
+            return Edged(process, message.rsplit("//", 1)[1], grpc, message.split("'")[1], folder, _drain(process, folder / "edged.log"))
     raise UserError(f"edged did not start (exit code {process.wait()})")
 
 
