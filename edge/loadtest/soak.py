@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import itertools
 import json
 import math
 import random
@@ -48,6 +49,7 @@ from edge.runtime import Runtime
 HOT_C, COOL_C = 90.0, 40.0  # above the soak policy's hard limit; below its soft limit
 POLICY = {"soft_limit_c": 70.0, "hard_limit_c": 85.0, "hysteresis_c": 1.0, "min_dwell_s": 0.0, "stale_after_s": 3.0}
 POOL = 64  # distinct images the clients draw from
+MAX_ROWS = 4  # images a client's request carries, at most
 FAST_REFUSAL_MS = 10.0  # a refusal's mean time in edged
 RSS_MINUTES = 10.0  # shorter runs report memory but do not judge it: allocator pools are still settling
 
@@ -169,18 +171,18 @@ class Soak:
 
     def _client(self, protocol: str) -> Client:
         assert self.edged is not None
-        return Client(protocol, self.edged.http, self.edged.grpc, self.edged.model, 4, self.pool.shape[1:], self.classes)
+        return Client(protocol, self.edged.http, self.edged.grpc, self.edged.model, MAX_ROWS, self.pool.shape[1:], self.classes)
 
     def worker(self, k: int) -> None:
         """Round-robin over the protocols, 1-4 images a request, the governor's point or a named one."""
         rng = random.Random(self.config.seed * 1000 + k)
         clients = {p: self._client(p) for p in PROTOCOLS}
         try:
-            for i in range(1 << 62):
+            for i in itertools.count():
                 if self.stop.is_set():
                     return
                 protocol = PROTOCOLS[(k + i) % len(PROTOCOLS)]
-                rows = np.array(rng.sample(range(POOL), rng.randint(1, 4)))
+                rows = np.array(rng.sample(range(POOL), rng.randint(1, MAX_ROWS)))
                 point = rng.choice([None, *self.points])
                 parameters = None if point is None else {"operating_point": point}
                 try:
@@ -369,7 +371,7 @@ class Soak:
         warm = next((r for r in self.rss if r["label"] == "warm"), self.rss[0])["rss_mb"]  # a run too short for a fault cycle: its first sample
         growth = (self.rss[-1]["rss_mb"] - warm) / warm
         report = {
-            "minutes": self.config.minutes, "concurrency": self.config.concurrency, "protocols": list(PROTOCOLS), "points": self.points,
+            "engines": str(self.config.engines), "minutes": self.config.minutes, "concurrency": self.config.concurrency, "protocols": list(PROTOCOLS), "points": self.points,
             "answered": dict(self.tally.answered), "answered_total": sum(self.tally.answered.values()),
             "errors": len(self.tally.errors), "error_samples": self.tally.errors[:10],
             "wrong_answers": len(self.tally.wrong), "wrong_samples": self.tally.wrong[:10],
