@@ -329,6 +329,27 @@ def test_an_engine_deleted_on_disk_keeps_serving_and_a_reload_refuses_with_the_r
     np.testing.assert_array_equal(client.infer("engines", [_plain(real_images[:3])]).as_numpy("prediction"), reference.predictions)
 
 
+def test_a_model_whose_engines_were_missing_at_start_serves_once_reloaded(built_copy: Path, real_images: np.ndarray) -> None:
+    segment = sorted(built_copy.glob("segment_*.onnx"))[0]
+    saved = segment.read_bytes()
+    segment.unlink()
+    daemon = Daemon(DaemonConfig(model_repository=str(built_copy), port=0, grpc_port=0, sensors="none"))
+    daemon.start()
+    try:
+        url, _ = urls(daemon)
+        client = httpclient.InferenceServerClient(url)
+        assert not client.is_model_ready("engines")
+        with pytest.raises(InferenceServerException, match="not ready"):
+            client.infer("engines", [_plain(real_images[:1])])
+        segment.write_bytes(saved)
+        client.load_model("engines")
+        assert client.is_model_ready("engines")  # a batcher started for it
+        reference = Runtime(built_copy).infer(real_images[:2])
+        np.testing.assert_array_equal(client.infer("engines", [_plain(real_images[:2])]).as_numpy("prediction"), reference.predictions)
+    finally:
+        daemon.stop()
+
+
 def test_a_flooding_client_is_refused_at_its_share_and_the_others_are_answered(
     built_copy: Path, real_images: np.ndarray, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
