@@ -75,32 +75,19 @@ def random_engines(size: str, out: Path) -> Path:
 
 
 @contextmanager
-def http_call(url: str, model: str, images: np.ndarray, binary: bool) -> Iterator[Call]:
-    import tritonclient.http as triton
+def plain_call(protocol: str, url: str, model: str, images: np.ndarray) -> Iterator[Call]:
+    """HTTP with JSON or binary tensors, or gRPC: the frame travels in the request."""
+    import importlib
 
-    client = triton.InferenceServerClient(url, network_timeout=120)
-    output = [triton.InferRequestedOutput("prediction", binary_data=binary)]
-
-    def call(i: int) -> None:
-        tensor = triton.InferInput("input", [1, *images.shape[1:]], "FP32")
-        tensor.set_data_from_numpy(images[i : i + 1], binary_data=binary)
-        client.infer(model, [tensor], outputs=output)
-    try:
-        yield call
-    finally:
-        client.close()
-
-
-@contextmanager
-def grpc_call(url: str, model: str, images: np.ndarray) -> Iterator[Call]:
-    import tritonclient.grpc as triton
-
-    client = triton.InferenceServerClient(url)
-    output = [triton.InferRequestedOutput("prediction")]
+    grpc = protocol == "grpc"
+    triton = importlib.import_module("tritonclient.grpc" if grpc else "tritonclient.http")
+    client = triton.InferenceServerClient(url, **({} if grpc else {"network_timeout": 120}))
+    binary = {} if grpc else {"binary_data": protocol == "http_binary"}
+    output = [triton.InferRequestedOutput("prediction", **binary)]
 
     def call(i: int) -> None:
         tensor = triton.InferInput("input", [1, *images.shape[1:]], "FP32")
-        tensor.set_data_from_numpy(images[i : i + 1])
+        tensor.set_data_from_numpy(images[i : i + 1], **binary)
         client.infer(model, [tensor], outputs=output)
     try:
         yield call
@@ -142,11 +129,8 @@ def protocol_call(protocol: str, urls: dict[str, str], model: str, images: np.nd
     if protocol.startswith("shm"):
         with shm_call(protocol, urls["grpc" if protocol == "shm_grpc" else "http"], model, images) as call:
             yield call
-    elif protocol == "grpc":
-        with grpc_call(urls["grpc"], model, images) as call:
-            yield call
     else:
-        with http_call(urls["http"], model, images, binary=protocol == "http_binary") as call:
+        with plain_call(protocol, urls["grpc" if protocol == "grpc" else "http"], model, images) as call:
             yield call
 
 
